@@ -1,0 +1,23 @@
+# Interface targets for warnings and sanitizers: linked per target, never global flag edits.
+add_library(tessera_warnings INTERFACE)
+add_library(tessera::warnings ALIAS tessera_warnings)
+target_compile_options(tessera_warnings INTERFACE
+  -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast -Wcast-align
+  -Wnull-dereference -Wdouble-promotion -Wformat=2 -Wimplicit-fallthrough)
+
+add_library(tessera_sanitizers INTERFACE)
+add_library(tessera::sanitizers ALIAS tessera_sanitizers)
+if(TESSERA_SANITIZE STREQUAL "address")
+  target_compile_options(tessera_sanitizers INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  target_link_options(tessera_sanitizers INTERFACE -fsanitize=address,undefined)
+elseif(TESSERA_SANITIZE STREQUAL "thread")
+  target_compile_options(tessera_sanitizers INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
+  target_link_options(tessera_sanitizers INTERFACE -fsanitize=thread)
+elseif(NOT TESSERA_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "TESSERA_SANITIZE must be '', 'address' or 'thread'")
+endif()
+
+# Every project target links both.
+add_library(tessera_build INTERFACE)
+add_library(tessera::build ALIAS tessera_build)
+target_link_libraries(tessera_build INTERFACE tessera_warnings tessera_sanitizers)
