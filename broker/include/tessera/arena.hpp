@@ -24,7 +24,7 @@ struct ArenaConfig {
       {64 * 1024, 64}, {256 * 1024, 64}, {1024 * 1024, 32}, {4 * 1024 * 1024, 16}};
   std::uint32_t n_rings = 64;
   std::uint32_t ring_capacity = 1024;   // power of two
-  std::uint32_t n_doorbells = 64;
+  std::uint32_t n_doorbells = 64;       // doorbell i belongs to participant slot i (>= 64)
   bool prefault = true;                 // touch every page at creation (no first-touch cost per tile)
   std::string debug_name = "tessera-arena";  // memfd name shown in /proc/<pid>/fd (not a namespace)
 };
@@ -33,7 +33,7 @@ struct ArenaConfig {
 // a header received from another process).
 struct ArenaGeometry {
   std::uint64_t participants_offset, classes_offset, doorbells_offset, rings_offset, ring_stride,
-      meta_offset, data_offset, total_size;
+      channels_offset, meta_offset, data_offset, total_size;
   std::vector<std::uint64_t> class_meta_offset, class_data_offset;
 };
 Result<ArenaGeometry> compute_geometry(const ArenaConfig& cfg);
@@ -80,6 +80,8 @@ class Arena {
   TileDesc* ring_slots(std::uint32_t i) const noexcept {
     return reinterpret_cast<TileDesc*>(reinterpret_cast<std::byte*>(&ring(i)) + sizeof(RingHeader));
   }
+  Channel& channel(std::uint32_t i) const noexcept { return at<Channel>(header().channels_offset)[i]; }
+  std::uint32_t n_channels() const noexcept { return header().n_channels; }
   std::uint32_t n_classes() const noexcept { return header().n_classes; }
   std::uint32_t n_rings() const noexcept { return header().n_rings; }
   std::uint32_t n_doorbells() const noexcept { return header().n_doorbells; }
@@ -89,6 +91,8 @@ class Arena {
   Result<std::uint32_t> register_participant(Role role, int pid, const std::string& name);
   // Marks a slot dead (its blocks can then be reclaimed) and, after reclaim, free.
   void mark_dead(std::uint32_t slot) noexcept;
+  // Records the process behind a slot registered before it was spawned (pid 0).
+  void set_participant_pid(std::uint32_t slot, int pid) noexcept;
   void release_participant(std::uint32_t slot) noexcept;
   // True while the process recorded in `slot` still runs (pid and start time match).
   bool participant_alive(std::uint32_t slot) const noexcept;
@@ -100,6 +104,15 @@ class Arena {
   void reset_ring(std::uint32_t ring, std::uint32_t producer_slot, std::uint32_t consumer_slot,
                   std::uint32_t consumer_doorbell, std::uint32_t producer_doorbell) noexcept;
   void close_ring(std::uint32_t ring) noexcept;
+
+  // ---- channels (control path, broker only) ----
+  // Opens a free channel between a client and a worker: resets its two rings, binds
+  // endpoints and doorbells, clears the stream epochs, and bumps both participants'
+  // channel_version so their data-plane loops pick it up.
+  Result<std::uint32_t> open_channel(std::uint32_t client_slot, std::uint32_t worker_slot,
+                                     std::uint32_t client_doorbell, std::uint32_t worker_doorbell);
+  // Closes both rings (endpoints see `closed`) and frees the channel entry.
+  void close_channel(std::uint32_t ch) noexcept;
 
  private:
   template <class T>

@@ -68,7 +68,10 @@ struct ArenaHeader {
   std::uint64_t ring_stride;         // bytes per ring (header + slots)
   std::uint64_t meta_offset;         // first BlockMeta array
   std::uint64_t data_offset;         // first payload block
-  std::uint8_t pad0[kCacheLine * 3 - 128];
+  std::uint64_t channels_offset;     // Channel[n_channels]
+  std::uint32_t n_channels;          // == n_rings / 2
+  std::uint32_t reserved1;
+  std::uint8_t pad0[kCacheLine * 3 - 144];
   AtomicU32 ready;                   // SYNC[arena.ready]: 0 while building, kReadyValue when usable
   AtomicU32 shutting_down;           // 1 once the owner started tearing down (relaxed hint)
   std::uint8_t pad1[kCacheLine - 8];
@@ -87,7 +90,7 @@ struct Participant {
   AtomicU32 state;             // SYNC[participant.state] release after pid/role are written
   std::uint32_t role;          // Role
   std::uint32_t pid;
-  std::uint32_t reserved;
+  AtomicU32 channel_version;   // SYNC[participant.channels] bumped (release) when a channel to it opens/closes
   std::uint64_t start_time;    // /proc starttime of pid
   AtomicU64 heartbeat_ns;      // CLOCK_MONOTONIC of the last sign of life (relaxed: a hint)
   char name[32];
@@ -154,5 +157,28 @@ struct RingHeader {
 static_assert(sizeof(RingHeader) == 4 * kCacheLine);
 static_assert(offsetof(RingHeader, tail) == kCacheLine);
 static_assert(offsetof(RingHeader, head) == 2 * kCacheLine);
+
+// ---------------------------------------------------------------------------------
+// Channel: a client <-> worker pair of rings. Channel c uses rings 2c (requests,
+// client -> worker) and 2c+1 (results, worker -> client). The client writes the
+// per-stream minimum epoch; the worker drops queued requests below it without running
+// them (viewport supersession) and its handler can poll it (cooperative cancel).
+inline constexpr std::uint32_t kMaxStreams = 16;   // per client; stream ids 0..15
+
+enum class ChannelState : std::uint32_t { unused = 0, open = 1, closing = 2 };
+
+struct Channel {
+  AtomicU32 state;              // SYNC[channel.state] release by the broker after the fields below
+  std::uint32_t client_slot;
+  std::uint32_t worker_slot;
+  std::uint32_t request_ring;
+  std::uint32_t response_ring;
+  std::uint32_t client_doorbell;
+  std::uint32_t worker_doorbell;
+  AtomicU32 generation;         // bumped on every open (relaxed: read after acquiring state)
+  std::uint8_t pad0[kCacheLine - 32];
+  AtomicU32 min_epoch[kMaxStreams];  // SYNC[channel.epoch] release by the client -> acquire by the worker
+};
+static_assert(sizeof(Channel) == 2 * kCacheLine);
 
 }  // namespace tessera

@@ -1,5 +1,6 @@
 // Arena creation, attach and validation. Control path: returns Result, never throws.
 #include <tessera/arena.hpp>
+#include <tessera/doorbell.hpp>
 #include <tessera/handle.hpp>
 
 #include <fcntl.h>
@@ -46,8 +47,8 @@ Result<ArenaGeometry> compute_geometry(const ArenaConfig& cfg) {
   if (cfg.classes.empty() || cfg.classes.size() > kMaxClasses)
     return fail(Errc::invalid_argument, "arena config: 1 to 16 size classes required");
   if (cfg.n_rings > kMaxRings) return fail(Errc::invalid_argument, "arena config: too many rings");
-  if (cfg.n_doorbells == 0 || cfg.n_doorbells > kMaxDoorbells)
-    return fail(Errc::invalid_argument, "arena config: 1 to 1024 doorbells required");
+  if (cfg.n_doorbells < kMaxParticipants || cfg.n_doorbells > kMaxDoorbells)
+    return fail(Errc::invalid_argument, "arena config: 64 to 1024 doorbells required (one per participant slot)");
   if (!is_pow2(cfg.ring_capacity) || cfg.ring_capacity < 2 || cfg.ring_capacity > (1u << 20))
     return fail(Errc::invalid_argument, "arena config: ring capacity must be a power of two in [2, 2^20]");
   ArenaGeometry g{};
@@ -61,6 +62,8 @@ Result<ArenaGeometry> compute_geometry(const ArenaConfig& cfg) {
   g.rings_offset = off;
   g.ring_stride = sizeof(RingHeader) + sizeof(TileDesc) * std::uint64_t{cfg.ring_capacity};
   off = align_up(off + g.ring_stride * cfg.n_rings, kPageSize);
+  g.channels_offset = off;
+  off = align_up(off + sizeof(Channel) * (cfg.n_rings / 2), kPageSize);
   g.meta_offset = off;
   std::uint64_t prev_size = 0;
   for (const auto& c : cfg.classes) {
@@ -137,6 +140,8 @@ Result<Arena> Arena::create(const ArenaConfig& cfg) {
   h->ring_stride = g.ring_stride;
   h->meta_offset = g.meta_offset;
   h->data_offset = g.data_offset;
+  h->channels_offset = g.channels_offset;
+  h->n_channels = cfg.n_rings / 2;
 
   for (std::uint32_t i = 0; i < kMaxParticipants; ++i) new (&a.participant(i)) Participant{};
   for (std::uint32_t c = 0; c < h->n_classes; ++c) {
@@ -150,6 +155,7 @@ Result<Arena> Arena::create(const ArenaConfig& cfg) {
       new (&m[i]) AtomicU64(meta::pack(1, static_cast<std::uint16_t>(kNoSlot), static_cast<std::uint16_t>(BlockState::free)));
   }
   for (std::uint32_t i = 0; i < cfg.n_doorbells; ++i) new (&a.doorbell(i)) Doorbell{};
+  for (std::uint32_t i = 0; i < h->n_channels; ++i) new (&a.channel(i)) Channel{};
   for (std::uint32_t r = 0; r < cfg.n_rings; ++r) {
     auto* rh = new (&a.ring(r)) RingHeader{};
     rh->capacity = cfg.ring_capacity;
@@ -185,7 +191,7 @@ Result<void> Arena::validate(const void* base, std::size_t len) noexcept {
   if (g.total_size != h.total_size || g.participants_offset != h.participants_offset ||
       g.classes_offset != h.classes_offset || g.doorbells_offset != h.doorbells_offset ||
       g.rings_offset != h.rings_offset || g.ring_stride != h.ring_stride || g.meta_offset != h.meta_offset ||
-      g.data_offset != h.data_offset)
+      g.data_offset != h.data_offset || g.channels_offset != h.channels_offset || h.n_channels != h.n_rings / 2)
     return fail(Errc::bad_size, "arena: header offsets disagree with its sizes");
   for (std::uint32_t c = 0; c < h.n_classes; ++c) {
     if (classes[c].meta_offset != g.class_meta_offset[c] || classes[c].data_offset != g.class_data_offset[c] ||
@@ -206,6 +212,11 @@ Result<Arena> Arena::attach_fd(int fd, bool close_on_error) {
   if (st.st_uid != geteuid()) return bail(Error{Errc::permission, "arena: owned by uid " + std::to_string(st.st_uid)});
   if ((st.st_mode & 077) != 0) return bail(Error{Errc::permission, "arena: accessible to other users (mode must be 0600)"});
   if (static_cast<std::uint64_t>(st.st_size) < kPageSize) return bail(Error{Errc::bad_size, "arena: smaller than a header page"});
+  // Only a sealed memfd is accepted: a file that a peer could shrink would SIGBUS every mapping.
+  const int seals = fcntl(fd, F_GET_SEALS);
+  constexpr int kNeeded = F_SEAL_SHRINK | F_SEAL_GROW;
+  if (seals < 0 || (seals & kNeeded) != kNeeded)
+    return bail(Error{Errc::invalid_argument, "arena: descriptor is not a sealed memfd (shrink/grow seals missing)"});
   const auto len = static_cast<std::size_t>(st.st_size);
   void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) return bail(Error::sys("arena: mmap"));
@@ -275,6 +286,15 @@ void Arena::mark_dead(std::uint32_t slot) noexcept {
   participant(slot).state.store(static_cast<std::uint32_t>(ParticipantState::dead), std::memory_order_release);
 }
 
+void Arena::set_participant_pid(std::uint32_t slot, int pid) noexcept {
+  if (slot >= kMaxParticipants) return;
+  Participant& p = participant(slot);
+  p.pid = static_cast<std::uint32_t>(pid);
+  p.start_time = process_start_time(pid);
+  // SYNC[participant.state] release: republishes pid/start_time -> acquired by participant_alive.
+  p.state.store(static_cast<std::uint32_t>(ParticipantState::alive), std::memory_order_release);
+}
+
 void Arena::release_participant(std::uint32_t slot) noexcept {
   if (slot >= kMaxParticipants) return;
   // SYNC[participant.state] release -> acquired by the next register_participant CAS.
@@ -315,6 +335,50 @@ void Arena::close_ring(std::uint32_t r) noexcept {
   ring(r).state.store(static_cast<std::uint32_t>(RingState::closed), std::memory_order_release);
 }
 
+Result<std::uint32_t> Arena::open_channel(std::uint32_t client_slot, std::uint32_t worker_slot,
+                                          std::uint32_t client_doorbell, std::uint32_t worker_doorbell) {
+  if (client_slot >= kMaxParticipants || worker_slot >= kMaxParticipants)
+    return fail(Errc::invalid_argument, "open_channel: participant slot out of range");
+  if (client_doorbell >= n_doorbells() || worker_doorbell >= n_doorbells())
+    return fail(Errc::invalid_argument, "open_channel: doorbell out of range");
+  for (std::uint32_t c = 0; c < n_channels(); ++c) {
+    Channel& ch = channel(c);
+    // acquire: see the previous user's teardown before reusing the entry.
+    if (ch.state.load(std::memory_order_acquire) != static_cast<std::uint32_t>(ChannelState::unused)) continue;
+    ch.client_slot = client_slot;
+    ch.worker_slot = worker_slot;
+    ch.request_ring = 2 * c;
+    ch.response_ring = 2 * c + 1;
+    ch.client_doorbell = client_doorbell;
+    ch.worker_doorbell = worker_doorbell;
+    for (auto& e : ch.min_epoch) e.store(0, std::memory_order_relaxed);  // relaxed: published by state below
+    ch.generation.fetch_add(1, std::memory_order_relaxed);                 // relaxed: published by state below
+    reset_ring(2 * c, client_slot, worker_slot, worker_doorbell, client_doorbell);
+    reset_ring(2 * c + 1, worker_slot, client_slot, client_doorbell, worker_doorbell);
+    // SYNC[channel.state] release: publishes the fields and ring resets -> acquired by endpoints.
+    ch.state.store(static_cast<std::uint32_t>(ChannelState::open), std::memory_order_release);
+    // SYNC[participant.channels] release: tells both endpoints to rescan the channel table.
+    participant(client_slot).channel_version.fetch_add(1, std::memory_order_release);
+    participant(worker_slot).channel_version.fetch_add(1, std::memory_order_release);
+    doorbell_notify(doorbell(worker_doorbell));
+    return c;
+  }
+  return fail(Errc::no_space, "open_channel: all " + std::to_string(n_channels()) + " channels are in use");
+}
+
+void Arena::close_channel(std::uint32_t c) noexcept {
+  if (c >= n_channels()) return;
+  Channel& ch = channel(c);
+  close_ring(ch.request_ring);
+  close_ring(ch.response_ring);
+  // SYNC[channel.state] release -> acquired by open_channel when reusing the entry.
+  ch.state.store(static_cast<std::uint32_t>(ChannelState::unused), std::memory_order_release);
+  participant(ch.client_slot).channel_version.fetch_add(1, std::memory_order_release);  // SYNC[participant.channels]
+  participant(ch.worker_slot).channel_version.fetch_add(1, std::memory_order_release);  // SYNC[participant.channels]
+  doorbell_notify(doorbell(ch.worker_doorbell));
+  doorbell_notify(doorbell(ch.client_doorbell));
+}
+
 std::uint64_t process_start_time(int pid) noexcept {
   if (pid <= 0) return 0;
   char path[64];
@@ -329,9 +393,10 @@ std::uint64_t process_start_time(int pid) noexcept {
   const char* p = std::strrchr(buf, ')');
   if (p == nullptr) return 0;
   ++p;
-  // After ')': field 3 (state) ... field 22 (starttime): skip 19 fields.
+  // After ')': field 3 (state) ... field 22 (starttime). Each space starts the next field,
+  // so stop once the space before field 22 has been passed.
   int field = 2;
-  while (*p != '\0' && field < 21) {
+  while (*p != '\0' && field < 22) {
     if (*p == ' ') ++field;
     ++p;
   }

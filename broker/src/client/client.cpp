@@ -1,0 +1,754 @@
+// Client API and embedded broker: dispatch, delivery, ordering, cancellation,
+// deadlines and worker-death recovery. Everything here runs on the client's thread;
+// the supervisor (worker processes) reports through Impl::post_event.
+#include <tessera/client.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+
+#include "client_impl.hpp"
+
+namespace tessera {
+
+const char* outcome_name(Outcome o) noexcept {
+  switch (o) {
+    case Outcome::completed: return "completed";
+    case Outcome::failed: return "failed";
+    case Outcome::canceled: return "canceled";
+  }
+  return "unknown";
+}
+
+// ---------------- blocks ----------------
+InputBlock& InputBlock::operator=(InputBlock&& o) noexcept {
+  if (this != &o) {
+    if (slab_ != nullptr) (void)slab_->free(block_.handle);
+    slab_ = o.slab_;
+    block_ = o.block_;
+    o.slab_ = nullptr;
+  }
+  return *this;
+}
+InputBlock::~InputBlock() {
+  if (slab_ != nullptr) (void)slab_->free(block_.handle);
+}
+
+ResultBlock& ResultBlock::operator=(ResultBlock&& o) noexcept {
+  if (this != &o) {
+    release();
+    slab_ = o.slab_;
+    handle_ = o.handle_;
+    view_ = o.view_;
+    o.slab_ = nullptr;
+  }
+  return *this;
+}
+void ResultBlock::release() noexcept {
+  if (slab_ != nullptr) (void)slab_->free(handle_);
+  slab_ = nullptr;
+  view_ = {};
+}
+
+// ---------------- Impl ----------------
+using detail::Record;
+using detail::StreamState;
+using detail::WorkerState;
+
+Client::Impl::Impl(Arena a, std::uint32_t client_slot, ClientOptions o)
+    : arena(std::move(a)), slot(client_slot), opts(std::move(o)), slab(arena, slot), bell(&arena.doorbell(client_slot)) {
+  ready.reserve(opts.max_in_flight);
+  scratch.resize(arena.header().ring_capacity);
+  if (opts.worker_window == 0) opts.worker_window = 1;
+  opts.worker_window = std::min(opts.worker_window, arena.header().ring_capacity);
+}
+
+Client::Impl::~Impl() = default;
+
+void Client::Impl::post_event(Event e) {
+  std::lock_guard<std::mutex> lk(events_mu);
+  events.push_back(std::move(e));
+  // SYNC[client.events] release: the queued event is visible to the client thread's acquire.
+  events_pending.store(true, std::memory_order_release);
+  doorbell_notify(*bell);
+}
+
+void Client::Impl::handle_events() {
+  // SYNC[client.events] acquire: pairs with post_event.
+  if (!events_pending.load(std::memory_order_acquire)) return;
+  std::deque<Event> batch;
+  {
+    std::lock_guard<std::mutex> lk(events_mu);
+    batch.swap(events);
+    events_pending.store(false, std::memory_order_relaxed);  // relaxed: under the mutex
+  }
+  for (auto& e : batch) {
+    switch (e.kind) {
+      case Event::Kind::died: on_worker_died(e.worker, e.text); break;
+      case Event::Kind::ready: on_worker_ready(e.worker, e.pid); break;
+      case Event::Kind::gave_up: on_worker_gave_up(e.worker, e.text); break;
+    }
+  }
+}
+
+Result<std::int32_t> Client::Impl::new_worker_slot(const std::string& name, std::int32_t index) {
+  auto s = arena.register_participant(Role::worker, 0, name);
+  if (!s) return fail(std::move(s).error());
+  auto ch = arena.open_channel(slot, *s, slot, *s);
+  if (!ch) {
+    arena.release_participant(*s);
+    return fail(std::move(ch).error());
+  }
+  if (index < 0) {
+    index = static_cast<std::int32_t>(workers.size());
+    workers.emplace_back();
+  }
+  WorkerState& w = workers[static_cast<std::size_t>(index)];
+  w.index = index;
+  w.slot = *s;
+  w.channel = *ch;
+  w.generation = arena.channel(*ch).generation.load(std::memory_order_relaxed);  // relaxed: we opened it
+  w.requests = RingProducer(arena, arena.channel(*ch).request_ring);
+  w.results = RingConsumer(arena, arena.channel(*ch).response_ring);
+  w.alive = false;  // until its process reports ready
+  w.in_flight = 0;
+  w.pid = 0;
+  return index;
+}
+
+void Client::Impl::on_worker_ready(std::int32_t index, int pid) {
+  if (index < 0 || static_cast<std::size_t>(index) >= workers.size()) return;
+  WorkerState& w = workers[static_cast<std::size_t>(index)];
+  w.pid = pid;
+  w.alive = true;
+  w.gave_up = false;
+  if (pid > 0) arena.set_participant_pid(w.slot, pid);
+  rebuild_dispatch_order();
+}
+
+void Client::Impl::on_worker_gave_up(std::int32_t index, const std::string& why) {
+  if (index < 0 || static_cast<std::size_t>(index) >= workers.size()) return;
+  workers[static_cast<std::size_t>(index)].gave_up = true;
+  last_pool_error = why;
+  // With no live worker left, pending tiles can never run: fail them now rather than hang.
+  if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& w) { return w.alive; }))
+    fail_all_pending("no live worker: " + why);
+}
+
+// Worker death: drain what it published, retry or fail what it held, reclaim its blocks.
+void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason) {
+  if (index < 0 || static_cast<std::size_t>(index) >= workers.size()) return;
+  WorkerState& w = workers[static_cast<std::size_t>(index)];
+  if (w.slot == kNoSlot) return;
+  w.alive = false;
+  // 1. Results it published before dying are complete (release/acquire): deliver them.
+  drain_worker(w);
+  // 2. Every tile still dispatched to it gets exactly one outcome: retry or FAILED.
+  for (auto& s : streams) {
+    if (!s.open && s.records.empty()) continue;
+    for (auto& r : s.records) {
+      if (r.state == Record::State::abandoned && r.worker == index) {
+        release_input(r);  // already delivered (canceled/deadline); the worker will never answer
+        r = Record{};
+        --s.live;
+        continue;
+      }
+      if (r.state != Record::State::dispatched || r.worker != index) continue;
+      if (r.retries < max_retries) {
+        ++r.retries;
+        ++s.stats.retried;
+        r.state = Record::State::pending;
+        r.worker = -1;
+        s.pending.push_front(r.seq);
+      } else {
+        finish(s, r, Outcome::failed, TileStatus::WorkerDied, "worker " + std::to_string(index) + " died: " + reason, {});
+      }
+    }
+  }
+  w.in_flight = 0;
+  mark_idle(w);
+  // 3. Blocks it allocated and never handed over go back to the arena.
+  arena.close_channel(w.channel);
+  const std::uint32_t reclaimed = Slab::reclaim(arena, w.slot);
+  reclaimed_blocks += reclaimed;
+  arena.mark_dead(w.slot);
+  arena.release_participant(w.slot);
+  w.slot = kNoSlot;
+  w.requests = {};
+  w.results = {};
+  ++w.restarts;
+  rebuild_dispatch_order();
+  if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }) && !respawn_hook)
+    fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + reason);
+  if (respawn_hook) respawn_hook(index);
+}
+
+void Client::Impl::fail_all_pending(const std::string& why) {
+  for (auto& s : streams)
+    for (auto& r : s.records)
+      if (r.state == Record::State::pending) finish(s, r, Outcome::failed, TileStatus::WorkerDied, why, {});
+  for (auto& s : streams) s.pending.clear();
+}
+
+void Client::Impl::rebuild_dispatch_order() {
+  stream_order.clear();
+  for (std::uint32_t i = 0; i < streams.size(); ++i)
+    if (streams[i].open) stream_order.push_back(i);
+  std::stable_sort(stream_order.begin(), stream_order.end(),
+                   [&](std::uint32_t a, std::uint32_t b) { return streams[a].opts.priority > streams[b].opts.priority; });
+}
+
+void Client::Impl::release_input(Record& r) noexcept {
+  if (!r.input.handle.null()) (void)slab.free(r.input.handle);
+  r.input = {};
+}
+
+void Client::Impl::mark_busy(WorkerState& w) noexcept {
+  if (w.in_flight == 1) w.busy_since = Clock::now();
+}
+void Client::Impl::mark_idle(WorkerState& w) noexcept {
+  if (w.in_flight == 0 && w.busy_since != Clock::time_point{}) {
+    w.busy_ns += static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - w.busy_since).count());
+    w.busy_since = {};
+  }
+}
+
+// Records the outcome of a tile and queues it for delivery (in order if the stream asks).
+void Client::Impl::finish(StreamState& s, Record& r, Outcome outcome, TileStatus status, std::string error,
+                          ResultBlock output) {
+  TileResult res;
+  res.stream = r.stream;
+  res.seq = r.seq;
+  res.outcome = outcome;
+  res.status = status;
+  res.error = std::move(error);
+  res.output = std::move(output);
+  res.meta = r.meta;
+  res.worker = r.worker;
+  res.epoch = r.epoch;
+  res.latency_us = std::chrono::duration<double, std::micro>(Clock::now() - r.submitted).count();
+  s.latency[s.latency_next++ % s.latency.size()] = res.latency_us;
+  switch (outcome) {
+    case Outcome::completed: ++s.stats.completed; break;
+    case Outcome::failed: ++s.stats.failed; break;
+    case Outcome::canceled: ++s.stats.canceled; break;
+  }
+  const bool still_at_worker = r.state == Record::State::dispatched && outcome != Outcome::completed &&
+                               status != TileStatus::WorkerDied && !r.answered;
+  if (still_at_worker) {
+    // The worker may still read the input: keep the block until it answers.
+    r.state = Record::State::abandoned;
+  } else {
+    release_input(r);
+    r.state = Record::State::finished;
+  }
+  if (s.opts.ordering == Ordering::completion) {
+    ready.push_back(std::move(res));
+    if (r.state == Record::State::finished) {
+      r = Record{};
+      --s.live;
+    } else {
+      r.delivered = true;
+    }
+  } else {
+    r.parked = std::move(res);
+    r.has_parked = true;
+    flush_ordered(s);
+  }
+}
+
+void Client::Impl::flush_ordered(StreamState& s) {
+  while (s.next_deliver < s.next_seq) {
+    Record& r = s.records[s.next_deliver % s.records.size()];
+    if (!r.has_parked || r.seq != s.next_deliver) break;
+    ready.push_back(std::move(r.parked));
+    r.has_parked = false;
+    r.delivered = true;
+    if (r.state == Record::State::finished) {
+      r = Record{};
+      --s.live;
+    }
+    ++s.next_deliver;
+  }
+}
+
+// Moves pending tiles to workers: highest stream priority first, least-loaded worker.
+void Client::Impl::pump() {
+  bool any = false;
+  for (std::uint32_t si : stream_order) {
+    StreamState& s = streams[si];
+    while (!s.pending.empty()) {
+      WorkerState* best = nullptr;
+      for (auto& w : workers)
+        if (w.alive && w.in_flight < opts.worker_window && (best == nullptr || w.in_flight < best->in_flight)) best = &w;
+      if (best == nullptr) goto done;
+      const std::uint64_t seq = s.pending.front();
+      Record& r = s.records[seq % s.records.size()];
+      if (r.state != Record::State::pending || r.seq != seq) {  // canceled while queued
+        s.pending.pop_front();
+        continue;
+      }
+      TileDesc d{};
+      d.mutate_seq(seq);
+      d.mutate_stream(si);
+      d.mutate_epoch(r.epoch);
+      d.mutate_block(r.input.handle.raw);
+      set_desc_tensor(d, r.meta.dtype, r.meta.shape, r.meta.shape.elements() * dtype_size(r.meta.dtype));
+      d.mutate_level(r.meta.level);
+      d.mutate_kind(fb::Kind::Request);
+      d.mutate_x(r.meta.x);
+      d.mutate_y(r.meta.y);
+      d.mutate_op(r.meta.op);
+      if (best->requests.try_push(d) != RingStatus::ok) {
+        best->alive = false;  // ring closed under us: the death event follows
+        continue;
+      }
+      s.pending.pop_front();
+      r.state = Record::State::dispatched;
+      r.worker = best->index;
+      ++best->in_flight;
+      mark_busy(*best);
+      best->needs_notify = true;
+      any = true;
+    }
+  }
+done:
+  if (any)
+    for (auto& w : workers)
+      if (w.needs_notify) {
+        w.needs_notify = false;
+        w.requests.notify();  // one wake-up carries every tile pushed in this pump
+      }
+}
+
+// Takes every answer a worker published.
+std::size_t Client::Impl::drain_worker(WorkerState& w) {
+  if (!w.results.valid()) return 0;
+  std::size_t total = 0;
+  for (;;) {
+    const std::size_t n = w.results.try_pop_batch({scratch.data(), scratch.size()});
+    if (n == 0) break;
+    total += n;
+    for (std::size_t i = 0; i < n; ++i) on_answer(w, scratch[i]);
+  }
+  if (total != 0) w.results.notify();
+  return total;
+}
+
+void Client::Impl::drop_answer_block(WorkerState& w, const TileDesc& d) noexcept {
+  if (d.block() == 0) return;
+  if (slab.adopt(BlockHandle{d.block()}, w.slot) == Errc::ok) (void)slab.free(BlockHandle{d.block()});
+}
+
+void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
+  if (w.in_flight > 0) --w.in_flight;
+  mark_idle(w);
+  ++w.completed;
+  if (d.stream() >= streams.size()) {
+    ++stray_answers;
+    drop_answer_block(w, d);
+    return;
+  }
+  StreamState& s = streams[d.stream()];
+  if (s.records.empty()) {
+    ++stray_answers;
+    drop_answer_block(w, d);
+    return;
+  }
+  Record& r = s.records[d.seq() % s.records.size()];
+  if (r.seq != d.seq() || r.worker != w.index ||
+      (r.state != Record::State::dispatched && r.state != Record::State::abandoned)) {
+    ++stray_answers;  // late duplicate (e.g. after a retry elsewhere): never delivered
+    drop_answer_block(w, d);
+    return;
+  }
+  r.answered = true;
+  if (r.state == Record::State::abandoned) {  // already delivered as canceled/deadline
+    drop_answer_block(w, d);
+    release_input(r);
+    r.state = Record::State::finished;
+    if (r.delivered) {
+      r = Record{};
+      --s.live;
+    }
+    return;
+  }
+  // A late result of a superseded epoch is never delivered as current.
+  if (d.epoch() < s.epoch) {
+    drop_answer_block(w, d);
+    finish(s, r, Outcome::canceled, TileStatus::Canceled, "superseded by epoch " + std::to_string(s.epoch), {});
+    return;
+  }
+  switch (d.kind()) {
+    case fb::Kind::Result: {
+      ResultBlock out;
+      BlockView b;
+      if (slab.adopt(BlockHandle{d.block()}, w.slot) != Errc::ok || slab.resolve(BlockHandle{d.block()}, b) != Errc::ok) {
+        finish(s, r, Outcome::failed, TileStatus::StaleBlock, "worker published an invalid output block", {});
+        return;
+      }
+      out.slab_ = &slab;
+      out.handle_ = b.handle;
+      out.view_ = TensorView(b.data, b.capacity, d.dtype(), desc_shape(d));
+      if (!out.view_.valid()) {
+        finish(s, r, Outcome::failed, TileStatus::BadInput, "worker published an output whose shape exceeds its block", {});
+        return;
+      }
+      finish(s, r, Outcome::completed, TileStatus::Ok, {}, std::move(out));
+      return;
+    }
+    case fb::Kind::Error: {
+      std::string text = "worker error";
+      BlockView b;
+      if (d.block() != 0 && slab.adopt(BlockHandle{d.block()}, w.slot) == Errc::ok &&
+          slab.resolve(BlockHandle{d.block()}, b) == Errc::ok) {
+        text.assign(reinterpret_cast<const char*>(b.data), std::min<std::uint64_t>(d.nbytes(), b.capacity));
+        (void)slab.free(b.handle);
+      }
+      finish(s, r, Outcome::failed, static_cast<TileStatus>(d.status()), std::move(text), {});
+      return;
+    }
+    case fb::Kind::Canceled:
+      finish(s, r, Outcome::canceled, TileStatus::Canceled, "canceled by the worker (epoch superseded)", {});
+      return;
+    default:
+      drop_answer_block(w, d);
+      finish(s, r, Outcome::failed, TileStatus::BadInput, "worker sent a descriptor of unknown kind", {});
+      return;
+  }
+}
+
+std::size_t Client::Impl::drain_all() {
+  std::size_t n = 0;
+  for (auto& w : workers)
+    if (w.slot != kNoSlot) n += drain_worker(w);
+  return n;
+}
+
+// Deadlines and cancel escalation: at most every 10 ms.
+void Client::Impl::check_timers() {
+  const auto now = Clock::now();
+  if (now < next_timer_check) return;
+  next_timer_check = now + std::chrono::milliseconds(10);
+  for (auto& s : streams) {
+    for (auto& r : s.records) {
+      if ((r.state == Record::State::pending || r.state == Record::State::dispatched) &&
+          r.deadline != Clock::time_point{} && now >= r.deadline) {
+        finish(s, r, Outcome::failed, TileStatus::Deadline, "deadline passed", {});
+        if (r.state == Record::State::abandoned) r.abandoned_at = now;
+      } else if (r.state == Record::State::abandoned && r.worker >= 0 && cancel_grace.count() > 0 &&
+                 r.abandoned_at != Clock::time_point{} && now - r.abandoned_at > cancel_grace) {
+        // Cooperative cancel did not stop it in time: kill and respawn the worker.
+        WorkerState& w = workers[static_cast<std::size_t>(r.worker)];
+        r.abandoned_at = {};
+        if (w.alive && w.pid > 0 && kill_hook) kill_hook(r.worker);
+      }
+    }
+  }
+}
+
+bool Client::Impl::results_ready() noexcept {
+  // acquire: see the queued event (SYNC[client.events]).
+  if (events_pending.load(std::memory_order_acquire)) return true;
+  for (auto& w : workers)
+    if (w.slot != kNoSlot && w.results.valid() && w.results.ready()) return true;
+  return false;
+}
+
+// One round of the client's loop: events, answers, dispatch, timers.
+void Client::Impl::step() {
+  handle_events();
+  drain_all();
+  check_timers();
+  pump();
+}
+
+// ---------------- Client ----------------
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Client::~Client() {
+  if (impl_ && impl_->shutdown_hook) impl_->shutdown_hook();
+}
+
+const Arena& Client::arena() const noexcept { return impl_->arena; }
+
+Result<std::unique_ptr<Client>> Client::embedded(ClientOptions opts) {
+  auto a = Arena::create(opts.arena);
+  if (!a) return fail(std::move(a).error());
+  auto s = a->register_participant(Role::client, getpid(), "client");
+  if (!s) return fail(std::move(s).error());
+  const std::uint32_t slot = *s;
+  auto impl = std::make_unique<Impl>(std::move(*a), slot, std::move(opts));
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Result<Client::ExternalWorker> Client::add_external_worker(const std::string& name) {
+  auto idx = impl_->new_worker_slot(name, -1);
+  if (!idx) return fail(std::move(idx).error());
+  const auto& w = impl_->workers[static_cast<std::size_t>(*idx)];
+  return ExternalWorker{*idx, w.slot, impl_->arena.fd()};
+}
+
+void Client::set_worker_pid(std::int32_t index, int pid) { impl_->on_worker_ready(index, pid); }
+
+void Client::worker_died(std::int32_t index, const std::string& reason) {
+  impl_->on_worker_died(index, reason);
+  impl_->pump();
+}
+
+std::vector<WorkerInfo> Client::workers() const {
+  std::vector<WorkerInfo> v;
+  for (const auto& w : impl_->workers) {
+    WorkerInfo i;
+    i.index = w.index;
+    i.slot = w.slot;
+    i.pid = w.pid;
+    i.alive = w.alive;
+    i.in_flight = w.in_flight;
+    i.completed = w.completed;
+    i.busy_ns = w.busy_ns;
+    if (w.busy_since != Clock::time_point{})
+      i.busy_ns += static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - w.busy_since).count());
+    i.restarts = w.restarts;
+    v.push_back(i);
+  }
+  return v;
+}
+
+Result<void> Client::kill_worker(std::int32_t index) {
+  if (index < 0 || static_cast<std::size_t>(index) >= impl_->workers.size())
+    return fail(Errc::invalid_argument, "kill_worker: no worker " + std::to_string(index));
+  const auto& w = impl_->workers[static_cast<std::size_t>(index)];
+  if (!w.alive || w.pid <= 0) return fail(Errc::unavailable, "kill_worker: worker " + std::to_string(index) + " is not running");
+  if (impl_->kill_hook) {
+    impl_->kill_hook(index);
+    return {};
+  }
+  if (::kill(w.pid, SIGKILL) != 0) return fail(Error::sys("kill"));
+  return {};
+}
+
+Result<std::uint32_t> Client::open_stream(const StreamOptions& opts) {
+  if (opts.max_in_flight == 0) return fail(Errc::invalid_argument, "open_stream: max_in_flight must be > 0");
+  auto& streams = impl_->streams;
+  std::uint32_t id = 0;
+  while (id < streams.size() && (streams[id].open || streams[id].live != 0)) ++id;
+  if (id >= kMaxStreams) return fail(Errc::no_space, "open_stream: at most 16 streams per client are open at once");
+  if (id == streams.size()) streams.emplace_back();
+  StreamState& s = streams[id];
+  const std::uint32_t epoch = s.epoch;  // epochs only grow, even across reuse of the id
+  s = StreamState{};
+  s.epoch = epoch;
+  s.open = true;
+  s.opts = opts;
+  s.records.clear();
+  s.records.resize(opts.max_in_flight);
+  s.pending.reset(opts.max_in_flight);
+  s.latency.assign(4096, 0.0);
+  impl_->rebuild_dispatch_order();
+  return id;
+}
+
+Result<void> Client::close_stream(std::uint32_t stream) {
+  if (stream >= impl_->streams.size() || !impl_->streams[stream].open)
+    return fail(Errc::closed, "close_stream: stream " + std::to_string(stream) + " is not open");
+  auto r = cancel_stream(stream);
+  impl_->streams[stream].open = false;
+  impl_->rebuild_dispatch_order();
+  return r;
+}
+
+AllocStatus Client::try_alloc(std::uint64_t bytes, InputBlock& out) noexcept {
+  out = InputBlock{};
+  BlockView b;
+  const AllocStatus st = impl_->slab.try_alloc(bytes, b);
+  if (st != AllocStatus::ok) return st;
+  out.slab_ = &impl_->slab;
+  out.block_ = b;
+  return st;
+}
+
+Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::nanoseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    const AllocStatus st = try_alloc(bytes, out);
+    if (st == AllocStatus::ok) return {};
+    if (st == AllocStatus::too_large)
+      return fail(Errc::invalid_argument, "alloc: " + std::to_string(bytes) + " bytes is larger than the largest block class");
+    impl_->step();
+    if (impl_->in_flight_unfinished() == 0 && try_alloc(bytes, out) != AllocStatus::ok)
+      return fail(Errc::no_space, "alloc: arena exhausted by blocks the caller holds (release results or input blocks)");
+    if (out.valid()) return {};
+    if (Clock::now() >= deadline) return fail(Errc::timeout, "alloc: no block free within the timeout");
+    (void)doorbell_wait(*impl_->bell, [this] { return impl_->results_ready(); }, deadline, impl_->opts.wait);
+  }
+}
+
+Result<std::uint64_t> Client::submit(std::uint32_t stream, InputBlock& block, const TileMeta& meta, SubmitMode mode,
+                                     std::chrono::nanoseconds timeout) {
+  auto& I = *impl_;
+  if (stream >= I.streams.size() || !I.streams[stream].open)
+    return fail(Errc::closed, "submit: stream " + std::to_string(stream) + " is not open");
+  if (!block.valid() || block.slab_ != &I.slab)
+    return fail(Errc::stale_handle, "submit: the input block is not a live block of this client");
+  if (I.slab.owner_of(block.block_.handle) != I.slot)
+    return fail(Errc::stale_handle, "submit: the input block handle is stale");
+  if (dtype_size(meta.dtype) == 0 || meta.shape.ndim == 0 || meta.shape.ndim > 4)
+    return fail(Errc::invalid_argument, "submit: tile needs a known dtype and 1 to 4 dimensions");
+  const std::uint64_t nbytes = meta.shape.elements() * dtype_size(meta.dtype);
+  if (nbytes == 0 || nbytes > block.block_.capacity || nbytes > 0xffffffffULL)
+    return fail(Errc::invalid_argument, "submit: shape " + meta.shape.str() + " of " + std::string(dtype_name(meta.dtype)) +
+                                            " needs " + std::to_string(nbytes) + " bytes; the block holds " +
+                                            std::to_string(block.block_.capacity));
+  if (I.workers.empty() && !I.respawn_hook)
+    return fail(Errc::unavailable, "submit: no worker pool (call start_pool first)");
+  StreamState& s = I.streams[stream];
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    Record& slot = s.records[s.next_seq % s.records.size()];
+    if (slot.state == Record::State::free && in_flight_ < I.opts.max_in_flight) break;
+    if (mode == SubmitMode::fail_fast) return fail(Errc::no_space, "submit: stream is full (backpressure)");
+    I.step();
+    if (slot.state == Record::State::free && in_flight_ < I.opts.max_in_flight) break;
+    if (I.in_flight_unfinished() == 0)
+      return fail(Errc::no_space, "submit: every in-flight tile is finished but undelivered: call poll() first");
+    if (Clock::now() >= deadline) return fail(Errc::timeout, "submit: stream stayed full for the whole timeout");
+    (void)doorbell_wait(*I.bell, [&I] { return I.results_ready(); }, deadline, I.opts.wait);
+  }
+  const std::uint64_t seq = s.next_seq++;
+  Record& r = s.records[seq % s.records.size()];
+  r = Record{};
+  r.state = Record::State::pending;
+  r.stream = stream;
+  r.seq = seq;
+  r.epoch = s.epoch;
+  r.input = block.block_;
+  r.meta = meta;
+  r.submitted = Clock::now();
+  const auto dl = meta.deadline.count() != 0 ? meta.deadline : s.opts.deadline;
+  if (dl.count() != 0) r.deadline = r.submitted + dl;
+  block.slab_ = nullptr;  // the record owns the block now
+  ++s.live;
+  ++s.stats.submitted;
+  ++in_flight_;
+  s.pending.push_back(seq);
+  I.pump();
+  return seq;
+}
+
+std::size_t Client::poll(std::vector<TileResult>& out, std::size_t max, std::chrono::nanoseconds timeout) {
+  auto& I = *impl_;
+  const auto deadline = Clock::now() + timeout;
+  std::size_t n = 0;
+  for (;;) {
+    I.step();
+    while (n < max && I.ready_head < I.ready.size()) {
+      out.push_back(std::move(I.ready[I.ready_head++]));
+      ++n;
+      --in_flight_;
+    }
+    if (I.ready_head == I.ready.size()) {
+      I.ready.clear();
+      I.ready_head = 0;
+    }
+    if (n > 0 || Clock::now() >= deadline) return n;
+    if (in_flight_ == 0 && !I.events_pending.load(std::memory_order_acquire)) {  // acquire: SYNC[client.events]
+      // Nothing can arrive: do not sleep out the whole timeout.
+      return 0;
+    }
+    (void)doorbell_wait(*I.bell, [&I] { return I.results_ready(); },
+                        std::min(deadline, Clock::now() + std::chrono::milliseconds(10)), I.opts.wait);
+  }
+}
+
+Result<void> Client::cancel(std::uint32_t stream, std::uint64_t seq) {
+  auto& I = *impl_;
+  if (stream >= I.streams.size()) return fail(Errc::invalid_argument, "cancel: no such stream");
+  StreamState& s = I.streams[stream];
+  if (s.records.empty()) return fail(Errc::invalid_argument, "cancel: no such stream");
+  Record& r = s.records[seq % s.records.size()];
+  if (r.seq != seq || (r.state != Record::State::pending && r.state != Record::State::dispatched))
+    return fail(Errc::not_found, "cancel: tile " + std::to_string(seq) + " is not in flight");
+  I.finish(s, r, Outcome::canceled, TileStatus::Canceled, "canceled by the client", {});
+  if (r.state == Record::State::abandoned) r.abandoned_at = Clock::now();
+  return {};
+}
+
+Result<void> Client::cancel_stream(std::uint32_t stream) {
+  auto& I = *impl_;
+  if (stream >= I.streams.size() || I.streams[stream].records.empty())
+    return fail(Errc::invalid_argument, "cancel_stream: no such stream");
+  StreamState& s = I.streams[stream];
+  // Make workers drop whatever they still have queued, then cancel everything here.
+  s.epoch += 1;
+  I.publish_epoch(stream, s.epoch);
+  for (auto& r : s.records)
+    if (r.state == Record::State::pending || r.state == Record::State::dispatched) {
+      I.finish(s, r, Outcome::canceled, TileStatus::Canceled, "stream canceled", {});
+      if (r.state == Record::State::abandoned) r.abandoned_at = Clock::now();
+    }
+  s.pending.clear();
+  return {};
+}
+
+Result<std::uint32_t> Client::advance_epoch(std::uint32_t stream) {
+  auto& I = *impl_;
+  if (stream >= I.streams.size() || !I.streams[stream].open)
+    return fail(Errc::closed, "advance_epoch: stream " + std::to_string(stream) + " is not open");
+  StreamState& s = I.streams[stream];
+  s.epoch += 1;
+  I.publish_epoch(stream, s.epoch);
+  for (auto& r : s.records) {
+    if ((r.state == Record::State::pending || r.state == Record::State::dispatched) && r.epoch < s.epoch) {
+      I.finish(s, r, Outcome::canceled, TileStatus::Canceled, "superseded by epoch " + std::to_string(s.epoch), {});
+      if (r.state == Record::State::abandoned) r.abandoned_at = Clock::now();
+    }
+  }
+  return s.epoch;
+}
+
+void Client::Impl::publish_epoch(std::uint32_t stream, std::uint32_t epoch) noexcept {
+  for (auto& w : workers) {
+    if (w.slot == kNoSlot) continue;
+    // SYNC[channel.epoch] release: workers acquire it in Tile::cancel_requested / admit.
+    arena.channel(w.channel).min_epoch[stream % kMaxStreams].store(epoch, std::memory_order_release);
+  }
+}
+
+StreamStats Client::stats(std::uint32_t stream) const {
+  StreamStats st{};
+  if (stream >= impl_->streams.size()) return st;
+  const StreamState& s = impl_->streams[stream];
+  st = s.stats;
+  for (const auto& r : s.records) {
+    if (r.state == Record::State::pending) ++st.queued;
+    if (r.state == Record::State::dispatched) ++st.running;
+  }
+  const std::size_t n = std::min<std::size_t>(s.latency_next, s.latency.size());
+  if (n > 0) {
+    std::vector<double> v(s.latency.begin(), s.latency.begin() + static_cast<std::ptrdiff_t>(n));
+    std::sort(v.begin(), v.end());
+    st.p50_us = v[n / 2];
+    st.p99_us = v[std::min(n - 1, n * 99 / 100)];
+  }
+  return st;
+}
+
+std::uint64_t Client::Impl::in_flight_unfinished() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& s : streams)
+    for (const auto& r : s.records)
+      if (r.state == Record::State::pending || r.state == Record::State::dispatched ||
+          r.state == Record::State::abandoned)
+        ++n;
+  return n;
+}
+
+}  // namespace tessera

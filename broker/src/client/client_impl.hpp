@@ -1,0 +1,158 @@
+// Private state of tessera::Client (one thread; no locks on the data path).
+#pragma once
+
+#include <tessera/client.hpp>
+#include <tessera/ring.hpp>
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace tessera {
+namespace detail {
+
+// Fixed-capacity FIFO of sequence numbers with push_front (for retries). No allocation
+// after construction.
+class SeqQueue {
+ public:
+  void reset(std::size_t capacity) { buf_.assign(capacity + 1, 0); head_ = tail_ = 0; }
+  bool empty() const noexcept { return head_ == tail_; }
+  std::size_t size() const noexcept { return (tail_ + buf_.size() - head_) % buf_.size(); }
+  std::uint64_t front() const noexcept { return buf_[head_]; }
+  void pop_front() noexcept { head_ = (head_ + 1) % buf_.size(); }
+  void push_back(std::uint64_t v) noexcept { buf_[tail_] = v; tail_ = (tail_ + 1) % buf_.size(); }
+  void push_front(std::uint64_t v) noexcept { head_ = (head_ + buf_.size() - 1) % buf_.size(); buf_[head_] = v; }
+  void clear() noexcept { head_ = tail_ = 0; }
+
+ private:
+  std::vector<std::uint64_t> buf_;
+  std::size_t head_ = 0, tail_ = 0;
+};
+
+// One submitted tile, from submit until the worker no longer holds its input.
+struct Record {
+  enum class State : std::uint8_t {
+    free = 0,
+    pending,     // queued client-side (priorities and epochs apply here)
+    dispatched,  // in a worker's ring or being processed
+    abandoned,   // outcome delivered (canceled/deadline) but the worker may still read the input
+    finished,    // outcome decided, waiting for in-order delivery
+  };
+  State state = State::free;
+  bool answered = false;   // the worker answered this dispatch
+  bool delivered = false;  // the outcome went to the ready queue
+  bool has_parked = false;
+  std::uint8_t retries = 0;
+  std::int32_t worker = -1;
+  std::uint32_t stream = 0;
+  std::uint32_t epoch = 0;
+  std::uint64_t seq = 0;
+  BlockView input{};
+  TileMeta meta{};
+  Clock::time_point submitted{}, deadline{}, abandoned_at{};
+  TileResult parked{};      // ordered streams: outcome waiting for its turn
+};
+
+struct StreamState {
+  bool open = false;
+  StreamOptions opts{};
+  std::uint32_t epoch = 0;
+  std::uint64_t next_seq = 0;
+  std::uint64_t next_deliver = 0;   // ordered streams
+  std::uint64_t live = 0;           // records not free
+  std::vector<Record> records;      // indexed by seq % max_in_flight
+  SeqQueue pending;
+  StreamStats stats{};
+  std::vector<double> latency;      // ring of recent latencies (us)
+  std::uint64_t latency_next = 0;
+};
+
+struct WorkerState {
+  std::int32_t index = -1;
+  std::uint32_t slot = kNoSlot;
+  std::uint32_t channel = 0;
+  std::uint32_t generation = 0;
+  int pid = 0;
+  bool alive = false;
+  bool gave_up = false;
+  bool needs_notify = false;
+  std::uint64_t in_flight = 0, completed = 0, busy_ns = 0;
+  Clock::time_point busy_since{};
+  std::uint32_t restarts = 0;
+  RingProducer requests;
+  RingConsumer results;
+};
+
+}  // namespace detail
+
+struct Client::Impl {
+  struct Event {
+    enum class Kind : std::uint8_t { ready, died, gave_up };
+    Kind kind;
+    std::int32_t worker;
+    int pid = 0;
+    std::string text;
+  };
+
+  Impl(Arena a, std::uint32_t slot, ClientOptions o);
+  ~Impl();
+
+  // Called from any thread (the supervisor's).
+  void post_event(Event e);
+
+  void handle_events();
+  Result<std::int32_t> new_worker_slot(const std::string& name, std::int32_t index);
+  void on_worker_ready(std::int32_t index, int pid);
+  void on_worker_died(std::int32_t index, const std::string& reason);
+  void on_worker_gave_up(std::int32_t index, const std::string& why);
+  void fail_all_pending(const std::string& why);
+  void rebuild_dispatch_order();
+  void release_input(detail::Record& r) noexcept;
+  void mark_busy(detail::WorkerState& w) noexcept;
+  void mark_idle(detail::WorkerState& w) noexcept;
+  void finish(detail::StreamState& s, detail::Record& r, Outcome outcome, TileStatus status, std::string error,
+              ResultBlock output);
+  void flush_ordered(detail::StreamState& s);
+  void pump();
+  std::size_t drain_worker(detail::WorkerState& w);
+  std::size_t drain_all();
+  void on_answer(detail::WorkerState& w, const TileDesc& d);
+  void drop_answer_block(detail::WorkerState& w, const TileDesc& d) noexcept;
+  void check_timers();
+  bool results_ready() noexcept;
+  void step();
+  void publish_epoch(std::uint32_t stream, std::uint32_t epoch) noexcept;
+  std::uint64_t in_flight_unfinished() const noexcept;
+
+  Arena arena;
+  std::uint32_t slot;
+  ClientOptions opts;
+  Slab slab;
+  Doorbell* bell;
+  std::vector<detail::StreamState> streams;
+  std::vector<std::uint32_t> stream_order;   // open streams, highest priority first
+  std::vector<detail::WorkerState> workers;
+  std::vector<TileResult> ready;             // outcomes waiting for poll(), FIFO from ready_head
+  std::size_t ready_head = 0;
+  std::vector<TileDesc> scratch;
+  int max_retries = 1;
+  std::chrono::milliseconds cancel_grace{2000};
+  Clock::time_point next_timer_check{};
+  std::uint64_t stray_answers = 0;
+  std::uint64_t reclaimed_blocks = 0;
+  std::string last_pool_error;
+
+  // Supervisor coupling (set by start_pool).
+  std::function<void(std::int32_t)> respawn_hook;   // after a death was recovered
+  std::function<void(std::int32_t)> kill_hook;      // escalate a cancel / chaos
+  std::function<void()> shutdown_hook;
+
+  std::mutex events_mu;                             // control path only
+  std::deque<Event> events;
+  std::atomic<bool> events_pending{false};
+};
+
+}  // namespace tessera

@@ -1,0 +1,85 @@
+// Example C++ worker: per-tile tissue mask.
+//   op 0 (mask):    uint8 RGB (H, W, 3) -> uint8 mask (H, W): 255 where the pixel is
+//                   darker than --threshold (tissue), 0 elsewhere (glass).
+//   op 1 (mean):    any uint8 tile -> float32 (1,) mean of every byte.
+//   op 2 (trivial): touches nothing, answers a 1-byte tile (overhead benchmarks).
+//   op 3 (fail):    always fails (error-path tests).
+//   op 4 (slow):    sleeps 50 ms while honouring cancellation, then answers like op 2.
+// Run by the broker: `tessera-tissue-worker [--threshold N]`.
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include <tessera/runtime.hpp>
+
+namespace {
+int g_threshold = 200;
+
+void mask(tessera::Worker& w, tessera::Tile& t) {
+  const auto& in = t.input();
+  const auto& sh = in.shape();
+  if (in.dtype() != tessera::DType::UInt8 || sh.ndim != 3 || sh.dims[2] != 3) {
+    w.fail(t, tessera::TileStatus::BadInput, "mask needs uint8 (H, W, 3), got " + std::string(tessera::dtype_name(in.dtype())) + " " + sh.str());
+    return;
+  }
+  tessera::OutputBlock out;
+  if (w.alloc_output(tessera::DType::UInt8, {sh.dims[0], sh.dims[1]}, out) != tessera::AllocStatus::ok) {
+    w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
+    return;
+  }
+  const auto px = in.as<const std::uint8_t>();
+  auto m = out.as<std::uint8_t>();
+  const int thr3 = g_threshold * 3;
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    const int sum = px[3 * i] + px[3 * i + 1] + px[3 * i + 2];
+    m[i] = sum < thr3 ? 255 : 0;
+  }
+  (void)w.publish(t, out);
+}
+
+void mean(tessera::Worker& w, tessera::Tile& t) {
+  const auto bytes = t.input().bytes();
+  std::uint64_t sum = 0;
+  for (std::byte b : bytes) sum += static_cast<std::uint8_t>(b);
+  tessera::OutputBlock out;
+  if (w.alloc_output(tessera::DType::Float32, {1}, out) != tessera::AllocStatus::ok) {
+    w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
+    return;
+  }
+  out.as<float>()[0] = bytes.empty() ? 0.0f : static_cast<float>(static_cast<double>(sum) / static_cast<double>(bytes.size()));
+  (void)w.publish(t, out);
+}
+
+void trivial(tessera::Worker& w, tessera::Tile& t) {
+  tessera::OutputBlock out;
+  if (w.alloc_output(tessera::DType::UInt8, {1}, out) != tessera::AllocStatus::ok) {
+    w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
+    return;
+  }
+  out.as<std::uint8_t>()[0] = 1;
+  (void)w.publish(t, out);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], "--threshold") == 0) g_threshold = std::atoi(argv[i + 1]);
+  return tessera::serve([](tessera::Worker& w, tessera::Tile& t) {
+    switch (t.op()) {
+      case 0: mask(w, t); break;
+      case 1: mean(w, t); break;
+      case 2: trivial(w, t); break;
+      case 3: throw std::runtime_error("op 3 always fails (tile " + std::to_string(t.seq()) + ")");
+      case 4: {
+        for (int i = 0; i < 50 && !t.cancel_requested(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        if (t.cancel_requested()) { w.cancel(t); return; }
+        trivial(w, t);
+        break;
+      }
+      default: w.fail(t, tessera::TileStatus::Unsupported, "unknown op " + std::to_string(t.op()));
+    }
+  });
+}

@@ -1,0 +1,287 @@
+// Worker SDK data path: channel discovery, request validation, answers.
+#include <tessera/worker.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace tessera {
+namespace {
+
+std::uint64_t now_ns() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+}
+
+Result<std::uint32_t> env_u32(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fail(Errc::unavailable, std::string(name) + " is not set: this process was not started by a Tessera broker");
+  char* end = nullptr;
+  const unsigned long x = std::strtoul(v, &end, 10);
+  if (end == v || *end != '\0' || x > 0xffffffffUL) return fail(Errc::invalid_argument, std::string(name) + "=" + v + " is not a number");
+  return static_cast<std::uint32_t>(x);
+}
+
+}  // namespace
+
+// ---------------- Tile ----------------
+Tile& Tile::operator=(Tile&& o) noexcept {
+  if (this != &o) {
+    if (worker_ != nullptr) worker_->fail(*this, TileStatus::HandlerError, "tile dropped without an answer");
+    worker_ = o.worker_;
+    channel_ = o.channel_;
+    channel_gen_ = o.channel_gen_;
+    desc_ = o.desc_;
+    input_ = o.input_;
+    o.worker_ = nullptr;
+  }
+  return *this;
+}
+
+Tile::~Tile() {
+  if (worker_ != nullptr) worker_->fail(*this, TileStatus::HandlerError, "tile dropped without an answer");
+}
+
+bool Tile::cancel_requested() const noexcept {
+  if (worker_ == nullptr) return false;
+  const Channel& ch = worker_->arena_.channel(channel_);
+  // SYNC[channel.epoch] acquire: pairs with the client's release in Client::set_epoch.
+  return desc_.epoch() < ch.min_epoch[desc_.stream() % kMaxStreams].load(std::memory_order_acquire);
+}
+
+// ---------------- OutputBlock ----------------
+OutputBlock& OutputBlock::operator=(OutputBlock&& o) noexcept {
+  if (this != &o) {
+    if (slab_ != nullptr) (void)slab_->free(block_.handle);
+    slab_ = o.slab_;
+    block_ = o.block_;
+    view_ = o.view_;
+    o.slab_ = nullptr;
+  }
+  return *this;
+}
+
+OutputBlock::~OutputBlock() {
+  if (slab_ != nullptr) (void)slab_->free(block_.handle);
+}
+
+// ---------------- Worker ----------------
+Result<std::unique_ptr<Worker>> Worker::from_env(WorkerOptions opts) {
+  auto fd = env_u32("TESSERA_ARENA_FD");
+  if (!fd) return tessera::fail(std::move(fd).error());
+  auto slot = env_u32("TESSERA_SLOT");
+  if (!slot) return tessera::fail(std::move(slot).error());
+  auto arena = Arena::attach_fd(static_cast<int>(*fd), true);
+  if (!arena) return tessera::fail(std::move(arena).error());
+  return attach(std::move(*arena), *slot, opts);
+}
+
+Result<std::unique_ptr<Worker>> Worker::attach(Arena arena, std::uint32_t slot, WorkerOptions opts) {
+  if (slot >= kMaxParticipants) return tessera::fail(Errc::invalid_argument, "worker slot out of range");
+  // acquire: pairs with the broker's release when it registered the slot.
+  const auto st = arena.participant(slot).state.load(std::memory_order_acquire);
+  if (st != static_cast<std::uint32_t>(ParticipantState::alive))
+    return tessera::fail(Errc::invalid_argument, "worker slot " + std::to_string(slot) + " is not registered in the arena");
+  return std::unique_ptr<Worker>(new Worker(std::move(arena), slot, opts));
+}
+
+Worker::Worker(Arena arena, std::uint32_t slot, WorkerOptions opts)
+    : arena_(std::move(arena)), slot_(slot), opts_(opts), slab_(arena_, slot), bell_(&arena_.doorbell(slot)) {
+  endpoints_.reserve(arena_.n_channels());
+  scratch_.resize(arena_.header().ring_capacity);
+  refresh_channels();
+}
+
+Worker::~Worker() = default;
+
+void Worker::refresh_channels() noexcept {
+  // SYNC[participant.channels] acquire: pairs with open_channel/close_channel's release.
+  const std::uint32_t v = arena_.participant(slot_).channel_version.load(std::memory_order_acquire);
+  if (v == seen_version_) return;
+  seen_version_ = v;
+  endpoints_.clear();
+  for (std::uint32_t c = 0; c < arena_.n_channels(); ++c) {
+    const Channel& ch = arena_.channel(c);
+    // SYNC[channel.state] acquire: the ring resets and bindings are visible.
+    if (ch.state.load(std::memory_order_acquire) != static_cast<std::uint32_t>(ChannelState::open)) continue;
+    if (ch.worker_slot != slot_ || ch.request_ring >= arena_.n_rings() || ch.response_ring >= arena_.n_rings()) continue;
+    Endpoint e;
+    e.channel = c;
+    e.generation = ch.generation.load(std::memory_order_relaxed);  // relaxed: ordered by the state acquire
+    e.requests = RingConsumer(arena_, ch.request_ring);
+    e.results = RingProducer(arena_, ch.response_ring);
+    endpoints_.push_back(e);  // capacity reserved: no allocation
+  }
+}
+
+Worker::Endpoint* Worker::endpoint(std::uint32_t channel, std::uint32_t gen) noexcept {
+  for (auto& e : endpoints_)
+    if (e.channel == channel && e.generation == gen) return &e;
+  return nullptr;
+}
+
+bool Worker::any_ready() noexcept {
+  for (auto& e : endpoints_)
+    if (e.requests.ready()) return true;
+  return false;
+}
+
+void Worker::heartbeat() noexcept {
+  // relaxed: a liveness hint read by the supervisor; nothing is published through it.
+  arena_.participant(slot_).heartbeat_ns.store(now_ns(), std::memory_order_relaxed);
+}
+
+void Worker::request_stop() noexcept {
+  stop_.store(true, std::memory_order_relaxed);  // relaxed: a flag; the doorbell wake orders nothing
+  doorbell_notify(*bell_);
+}
+
+bool Worker::admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept {
+  const Endpoint& e = endpoints_[ep];
+  t.worker_ = this;
+  t.channel_ = e.channel;
+  t.channel_gen_ = e.generation;
+  t.desc_ = d;
+  t.input_ = {};
+  ++stats_.taken;
+  const Channel& ch = arena_.channel(e.channel);
+  if (d.kind() != fb::Kind::Request || d.stream() >= kMaxStreams) {
+    ++stats_.rejected;
+    fail(t, TileStatus::BadInput, "descriptor is not a request or its stream id is out of range");
+    return false;
+  }
+  if (t.cancel_requested()) {
+    cancel(t);
+    return false;
+  }
+  BlockView b;
+  if (Errc rc = slab_.resolve(BlockHandle{d.block()}, b); rc != Errc::ok) {
+    ++stats_.rejected;
+    fail(t, TileStatus::StaleBlock, std::string("input block rejected: ") + errc_name(rc));
+    return false;
+  }
+  if (slab_.owner_of(BlockHandle{d.block()}) != ch.client_slot) {
+    ++stats_.rejected;
+    fail(t, TileStatus::StaleBlock, "input block is not held by this channel's client");
+    return false;
+  }
+  const Shape shape = desc_shape(d);
+  TensorView v(b.data, b.capacity, d.dtype(), shape);
+  if (d.ndim() > 4 || !v.valid() || v.nbytes() != d.nbytes()) {
+    ++stats_.rejected;
+    fail(t, TileStatus::BadInput,
+         "input tensor invalid: dtype " + std::string(dtype_name(d.dtype())) + " shape " + shape.str() + ", " +
+             std::to_string(d.nbytes()) + " bytes in a block of " + std::to_string(b.capacity));
+    return false;
+  }
+  t.input_ = v;
+  return true;
+}
+
+TakeStatus Worker::take(std::vector<Tile>& out, std::size_t max, std::chrono::nanoseconds timeout) {
+  out.clear();
+  if (max == 0) max = 1;
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (stop_requested()) return TakeStatus::stopped;
+    refresh_channels();
+    heartbeat();
+    const std::size_t n_ep = endpoints_.size();
+    for (std::size_t k = 0; k < n_ep && out.size() < max; ++k) {
+      const std::uint32_t ep = static_cast<std::uint32_t>((rr_ + k) % n_ep);
+      const std::size_t room = std::min(max - out.size(), scratch_.size());
+      const std::size_t got = endpoints_[ep].requests.try_pop_batch({scratch_.data(), room});
+      if (got == 0) continue;
+      endpoints_[ep].requests.notify();  // a client waiting for room may go on
+      for (std::size_t i = 0; i < got; ++i) {
+        Tile t;
+        if (admit(ep, scratch_[i], t)) out.push_back(std::move(t));
+      }
+    }
+    if (n_ep != 0) rr_ = (rr_ + 1) % static_cast<std::uint32_t>(n_ep);
+    if (!out.empty()) return TakeStatus::ok;
+    const auto ready = [this] {
+      return stop_requested() || any_ready() ||
+             // acquire: see the new channel table (SYNC[participant.channels]).
+             arena_.participant(slot_).channel_version.load(std::memory_order_acquire) != seen_version_;
+    };
+    if (doorbell_wait(*bell_, ready, deadline, opts_.wait) == WaitStatus::timeout) return TakeStatus::timeout;
+  }
+}
+
+AllocStatus Worker::alloc_output(DType dtype, const Shape& shape, OutputBlock& out) noexcept {
+  const std::uint64_t bytes = shape.elements() * dtype_size(dtype);
+  if (dtype_size(dtype) == 0 || shape.ndim == 0 || shape.ndim > 4) return AllocStatus::too_large;
+  out = OutputBlock{};
+  BlockView b;
+  const AllocStatus st = slab_.try_alloc(bytes, b);
+  if (st != AllocStatus::ok) return st;
+  out.slab_ = &slab_;
+  out.block_ = b;
+  out.view_ = TensorView(b.data, b.capacity, dtype, shape);
+  return AllocStatus::ok;
+}
+
+Errc Worker::answer(Tile& tile, TileDesc reply) noexcept {
+  Endpoint* e = endpoint(tile.channel_, tile.channel_gen_);
+  tile.worker_ = nullptr;
+  if (e == nullptr) return Errc::closed;  // the channel closed meanwhile: nobody to answer
+  // Results never exceed the ring: the client keeps at most `capacity` tiles in flight per
+  // channel. Still, wait (bounded by channel closure/stop) rather than drop if a client lags.
+  while (e->results.try_push(reply) == RingStatus::full) {
+    const auto room = [&] { return e->results.free_approx() > 0 || e->results.closed() || stop_requested(); };
+    (void)doorbell_wait(e->results.producer_doorbell(), room, Clock::now() + std::chrono::milliseconds(100), opts_.wait);
+    if (e->results.closed() || stop_requested()) return Errc::closed;
+  }
+  e->results.notify();
+  return Errc::ok;
+}
+
+Errc Worker::publish(Tile& tile, OutputBlock& out) noexcept {
+  if (tile.worker_ != this) return Errc::invalid_argument;
+  if (!out.valid()) return fail(tile, TileStatus::NoSpace, "publish without an output block");
+  TileDesc reply = tile.desc_;
+  reply.mutate_kind(fb::Kind::Result);
+  reply.mutate_status(static_cast<std::uint16_t>(TileStatus::Ok));
+  reply.mutate_block(out.block_.handle.raw);
+  set_desc_tensor(reply, out.view_.dtype(), out.view_.shape(), out.view_.nbytes());
+  // The block now belongs to the answer: the client adopts it (or the broker reclaims it).
+  out.slab_ = nullptr;
+  const Errc rc = answer(tile, reply);
+  if (rc != Errc::ok) (void)slab_.free(out.block_.handle);
+  else ++stats_.published;
+  return rc;
+}
+
+Errc Worker::fail(Tile& tile, TileStatus status, std::string_view message) noexcept {
+  if (tile.worker_ != this) return Errc::invalid_argument;
+  TileDesc reply = tile.desc_;
+  reply.mutate_kind(fb::Kind::Error);
+  reply.mutate_status(static_cast<std::uint16_t>(status));
+  reply.mutate_block(0);
+  set_desc_tensor(reply, DType::UInt8, Shape{}, 0);
+  BlockView b;
+  if (!message.empty() && slab_.try_alloc(message.size(), b) == AllocStatus::ok) {
+    const std::size_t n = std::min<std::size_t>(message.size(), b.capacity);
+    std::memcpy(b.data, message.data(), n);
+    reply.mutate_block(b.handle.raw);
+    set_desc_tensor(reply, DType::UInt8, Shape{static_cast<std::uint32_t>(n)}, n);
+  }
+  const Errc rc = answer(tile, reply);
+  if (rc != Errc::ok && reply.block() != 0) (void)slab_.free(BlockHandle{reply.block()});
+  ++stats_.failed;
+  return rc;
+}
+
+Errc Worker::cancel(Tile& tile) noexcept {
+  if (tile.worker_ != this) return Errc::invalid_argument;
+  TileDesc reply = tile.desc_;
+  reply.mutate_kind(fb::Kind::Canceled);
+  reply.mutate_status(static_cast<std::uint16_t>(TileStatus::Canceled));
+  reply.mutate_block(0);
+  ++stats_.canceled;
+  return answer(tile, reply);
+}
+
+}  // namespace tessera
