@@ -174,14 +174,25 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
   mark_idle(w);
   // 3. Blocks it allocated and never handed over go back to the arena.
   arena.close_channel(w.channel);
-  const std::uint32_t reclaimed = Slab::reclaim(arena, w.slot);
-  reclaimed_blocks += reclaimed;
-  arena.mark_dead(w.slot);
-  arena.release_participant(w.slot);
-  w.slot = kNoSlot;
+  reclaimed_blocks += Slab::reclaim(arena, w.slot);
   w.requests = {};
   w.results = {};
   ++w.restarts;
+  if (respawn_hook) {
+    // Keep the participant slot (the respawned process is told the same TESSERA_SLOT)
+    // and give it a fresh channel; it becomes usable when the new process is ready.
+    arena.set_participant_pid(w.slot, 0);
+    if (auto ch = arena.open_channel(slot, w.slot, slot, w.slot)) {
+      w.channel = *ch;
+      w.generation = arena.channel(*ch).generation.load(std::memory_order_relaxed);  // relaxed: we opened it
+      w.requests = RingProducer(arena, arena.channel(*ch).request_ring);
+      w.results = RingConsumer(arena, arena.channel(*ch).response_ring);
+    }
+  } else {
+    arena.mark_dead(w.slot);
+    arena.release_participant(w.slot);
+    w.slot = kNoSlot;
+  }
   rebuild_dispatch_order();
   if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }) && !respawn_hook)
     fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + reason);

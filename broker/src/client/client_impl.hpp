@@ -6,12 +6,15 @@
 
 #include <atomic>
 #include <deque>
+#include <memory>
 #include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
 
 namespace tessera {
+class PoolRuntime;  // pool.cpp: supervisor + respawner thread
+
 namespace detail {
 
 // Fixed-capacity FIFO of sequence numbers with push_front (for retries). No allocation
@@ -146,6 +149,8 @@ struct Client::Impl {
   std::string last_pool_error;
 
   // Supervisor coupling (set by start_pool).
+  struct PoolDeleter { void operator()(PoolRuntime* p) const noexcept; };
+  std::unique_ptr<PoolRuntime, PoolDeleter> pool;
   std::function<void(std::int32_t)> respawn_hook;   // after a death was recovered
   std::function<void(std::int32_t)> kill_hook;      // escalate a cancel / chaos
   std::function<void()> shutdown_hook;
