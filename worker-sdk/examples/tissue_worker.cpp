@@ -15,8 +15,10 @@
 
 #include <tessera/runtime.hpp>
 
+#include "tissue_mask.hpp"
+
 namespace {
-int g_threshold = 200;
+int g_threshold = tessera::examples::kDefaultThreshold;
 
 void mask(tessera::Worker& w, tessera::Tile& t) {
   const auto& in = t.input();
@@ -30,13 +32,8 @@ void mask(tessera::Worker& w, tessera::Tile& t) {
     w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
     return;
   }
-  const auto px = in.as<const std::uint8_t>();
   auto m = out.as<std::uint8_t>();
-  const int thr3 = g_threshold * 3;
-  for (std::size_t i = 0; i < m.size(); ++i) {
-    const int sum = px[3 * i] + px[3 * i + 1] + px[3 * i + 2];
-    m[i] = sum < thr3 ? 255 : 0;
-  }
+  tessera::examples::tissue_mask(in.as<const std::uint8_t>().data(), m.data(), m.size(), g_threshold);
   (void)w.publish(t, out);
 }
 
