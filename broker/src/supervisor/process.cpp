@@ -1,0 +1,232 @@
+// Worker process spawning. Everything the child needs is prepared before fork();
+// between fork() and execve() the child calls only async-signal-safe functions.
+#include "process.hpp"
+
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include <fmt/format.h>
+
+extern char** environ;
+
+namespace tessera::detail {
+
+const std::vector<std::string>& default_env_allow() {
+  static const std::vector<std::string> allow = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TMPDIR",
+                                                 "PYTHONPATH", "TZ", "USER", "LOGNAME"};
+  return allow;
+}
+
+namespace {
+
+bool allowed(std::string_view name, const std::vector<std::string>& allow) {
+  for (const auto& a : allow) {
+    if (!a.empty() && a.back() == '*') {
+      if (name.substr(0, a.size() - 1) == std::string_view(a).substr(0, a.size() - 1)) return true;
+    } else if (name == a) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int raw_pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+std::string resolve_executable(const std::string& argv0, const std::vector<std::string>& env) {
+  if (argv0.find('/') != std::string::npos) return argv0;
+  std::string path;
+  for (const auto& kv : env) {
+    if (kv.rfind("PATH=", 0) == 0) path = kv.substr(5);
+  }
+  if (path.empty()) path = "/usr/local/bin:/usr/bin:/bin";
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    const auto end = path.find(':', start);
+    std::string dir = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (dir.empty()) dir = ".";
+    std::string cand = dir + "/" + argv0;
+    if (::access(cand.c_str(), X_OK) == 0) return cand;
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return argv0;  // execve reports ENOENT
+}
+
+}  // namespace
+
+std::vector<std::string> scrubbed_environment(const std::map<std::string, std::string>& add,
+                                              const std::vector<std::string>& extra_allow, char** parent) {
+  if (parent == nullptr) parent = environ;
+  std::vector<std::string> allow = default_env_allow();
+  allow.insert(allow.end(), extra_allow.begin(), extra_allow.end());
+  std::vector<std::string> out;
+  for (char** e = parent; e != nullptr && *e != nullptr; ++e) {
+    std::string_view kv(*e);
+    const auto eq = kv.find('=');
+    if (eq == std::string_view::npos) continue;
+    const std::string name(kv.substr(0, eq));
+    if (add.count(name) != 0) continue;  // explicit additions win
+    if (allowed(name, allow)) out.emplace_back(kv);
+  }
+  for (const auto& [k, v] : add) out.push_back(k + "=" + v);
+  return out;
+}
+
+void ChildProcess::close_all() noexcept {
+  for (int* fd : {&pidfd, &stdin_fd, &stdout_fd, &stderr_fd}) {
+    if (*fd >= 0) ::close(*fd);
+    *fd = -1;
+  }
+}
+
+Result<ChildProcess> spawn_process(const SpawnSpec& spec) {
+  if (spec.argv.empty()) return fail(Errc::invalid_argument, "worker argv is empty");
+  for (int fd : spec.pass_fds) {
+    if (::fcntl(fd, F_GETFD) < 0) return fail(Errc::invalid_argument, fmt::format("pass_fds: fd {} is not open", fd));
+  }
+  // --- everything the child needs, prepared before fork() ---
+  const std::vector<std::string> env = scrubbed_environment(spec.env, spec.env_allow);
+  const std::string exe = resolve_executable(spec.argv[0], env);
+  std::vector<char*> argv;
+  for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  const int npass = static_cast<int>(spec.pass_fds.size());
+  const int low = 3 + npass;  // first fd number the child may use for scratch copies
+
+  int in[2], out[2], err[2], exec_err[2];
+  if (::pipe2(in, O_CLOEXEC) < 0) return fail(Error::sys("pipe2"));
+  if (::pipe2(out, O_CLOEXEC) < 0) {
+    const int e = errno;
+    ::close(in[0]); ::close(in[1]);
+    return fail(Error::sys("pipe2", e));
+  }
+  if (::pipe2(err, O_CLOEXEC) < 0) {
+    const int e = errno;
+    for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
+    return fail(Error::sys("pipe2", e));
+  }
+  if (::pipe2(exec_err, O_CLOEXEC) < 0) {
+    const int e = errno;
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) ::close(fd);
+    return fail(Error::sys("pipe2", e));
+  }
+  std::vector<int> pass = spec.pass_fds;
+  const pid_t parent = ::getpid();
+
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    const int e = errno;
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
+    return fail(Error::sys("fork", e));
+  }
+  if (pid == 0) {
+    // ---- child: async-signal-safe calls only ----
+    auto die = [&](int e) {
+      [[maybe_unused]] auto n = ::write(exec_err[1], &e, sizeof e);
+      ::_exit(127);
+    };
+    ::setpgid(0, 0);                        // own process group: the whole tree can be signalled
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);     // die with the broker (its spawning thread)
+    if (::getppid() != parent) ::_exit(127);  // the parent died before prctl took effect
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // fails harmlessly for KILL/STOP
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    // Copies above every target number, so the dup2s below never clobber a source.
+    const int c_in = ::fcntl(in[0], F_DUPFD_CLOEXEC, low);
+    const int c_out = ::fcntl(out[1], F_DUPFD_CLOEXEC, low);
+    const int c_err = ::fcntl(err[1], F_DUPFD_CLOEXEC, low);
+    const int c_ee = ::fcntl(exec_err[1], F_DUPFD_CLOEXEC, low);
+    if (c_in < 0 || c_out < 0 || c_err < 0 || c_ee < 0) die(errno);
+    exec_err[1] = c_ee;
+    for (int i = 0; i < npass; ++i) {
+      pass[static_cast<std::size_t>(i)] = ::fcntl(pass[static_cast<std::size_t>(i)], F_DUPFD_CLOEXEC, low);
+      if (pass[static_cast<std::size_t>(i)] < 0) die(errno);
+    }
+    if (::dup2(c_in, 0) < 0 || ::dup2(c_out, 1) < 0 || ::dup2(c_err, 2) < 0) die(errno);
+    for (int i = 0; i < npass; ++i) {
+      if (::dup2(pass[static_cast<std::size_t>(i)], 3 + i) < 0) die(errno);  // dup2 clears CLOEXEC
+    }
+    // Everything else is closed at exec, whatever the parent forgot to mark.
+    if (::syscall(SYS_close_range, low, ~0u, CLOSE_RANGE_CLOEXEC) < 0) {
+      for (int fd = low; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    ::execve(exe.c_str(), argv.data(), envp.data());
+    die(errno);
+  }
+  // ---- parent ----
+  for (int fd : {in[0], out[1], err[1], exec_err[1]}) ::close(fd);
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = ::read(exec_err[0], &child_errno, sizeof child_errno);
+  } while (n < 0 && errno == EINTR);
+  ::close(exec_err[0]);
+  if (n == static_cast<ssize_t>(sizeof child_errno)) {
+    for (int fd : {in[1], out[0], err[0]}) ::close(fd);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    return fail(Errc::system, fmt::format("cannot start worker '{}': {}", spec.argv[0], std::strerror(child_errno)));
+  }
+  ChildProcess c;
+  c.pid = pid;
+  c.pidfd = raw_pidfd_open(pid);
+  c.stdin_fd = in[1];
+  c.stdout_fd = out[0];
+  c.stderr_fd = err[0];
+  if (c.pidfd < 0) {
+    const int e = errno;
+    ::kill(pid, SIGKILL);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    c.close_all();
+    return fail(Error::sys("pidfd_open", e));
+  }
+  ::fcntl(c.stdin_fd, F_SETPIPE_SZ, 1 << 20);  // best effort: room for queued requests
+  for (int fd : {c.stdin_fd, c.stdout_fd, c.stderr_fd}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  return c;
+}
+
+std::string ExitStatus::describe() const {
+  if (exited) return fmt::format("exit code {}", code);
+  return fmt::format("killed by signal {} ({})", signal, ::strsignal(signal));
+}
+
+Result<ExitStatus> reap_process(const ChildProcess& child, bool block) {
+  siginfo_t si{};
+  int rc;
+  do {
+    rc = ::waitid(P_PIDFD, static_cast<id_t>(child.pidfd), &si, WEXITED | (block ? 0 : WNOHANG));
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) return fail(Error::sys("waitid"));
+  if (si.si_pid == 0) return fail(Errc::not_ready, "worker has not exited");
+  ExitStatus st;
+  if (si.si_code == CLD_EXITED) {
+    st.exited = true;
+    st.code = si.si_status;
+  } else {
+    st.exited = false;
+    st.signal = si.si_status;
+  }
+  return st;
+}
+
+int pidfd_send(int pidfd, int sig) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+}
+
+}  // namespace tessera::detail
