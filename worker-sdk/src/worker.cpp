@@ -100,6 +100,14 @@ void Worker::refresh_channels() noexcept {
   const std::uint32_t v = arena_.participant(slot_).channel_version.load(std::memory_order_acquire);
   if (v == seen_version_) return;
   seen_version_ = v;
+  // Tell the broker which channels we let go of: after this store we never push to them.
+  for (const auto& e : endpoints_) {
+    Channel& ch = arena_.channel(e.channel);
+    const bool still_open = ch.state.load(std::memory_order_acquire) == static_cast<std::uint32_t>(ChannelState::open) &&
+                            ch.generation.load(std::memory_order_relaxed) == e.generation;  // relaxed: ordered by the acquire
+    // SYNC[channel.detached] release: our last push happens-before the broker drains the rings.
+    if (!still_open) ch.worker_detached.store(e.generation, std::memory_order_release);
+  }
   endpoints_.clear();
   for (std::uint32_t c = 0; c < arena_.n_channels(); ++c) {
     const Channel& ch = arena_.channel(c);
@@ -229,7 +237,10 @@ Errc Worker::answer(Tile& tile, TileDesc reply) noexcept {
   if (e == nullptr) return Errc::closed;  // the channel closed meanwhile: nobody to answer
   // Results never exceed the ring: the client keeps at most `capacity` tiles in flight per
   // channel. Still, wait (bounded by channel closure/stop) rather than drop if a client lags.
-  while (e->results.try_push(reply) == RingStatus::full) {
+  for (;;) {
+    const RingStatus st = e->results.try_push(reply);
+    if (st == RingStatus::ok) break;
+    if (st != RingStatus::full) return Errc::closed;  // the client went away: the caller frees the block
     const auto room = [&] { return e->results.free_approx() > 0 || e->results.closed() || stop_requested(); };
     (void)doorbell_wait(e->results.producer_doorbell(), room, Clock::now() + std::chrono::milliseconds(100), opts_.wait);
     if (e->results.closed() || stop_requested()) return Errc::closed;

@@ -111,8 +111,13 @@ class Arena {
   // channel_version so their data-plane loops pick it up.
   Result<std::uint32_t> open_channel(std::uint32_t client_slot, std::uint32_t worker_slot,
                                      std::uint32_t client_doorbell, std::uint32_t worker_doorbell);
-  // Closes both rings (endpoints see `closed`) and frees the channel entry.
+  // Closes both rings (endpoints see `closed`); the entry stays `closing` until
+  // release_channel, so it is not reused while its rings are being drained.
   void close_channel(std::uint32_t ch) noexcept;
+  void release_channel(std::uint32_t ch) noexcept;
+  // True once the worker acknowledged that it no longer uses the channel's current
+  // generation (it never pushes to it again).
+  bool worker_detached(std::uint32_t ch) const noexcept;
 
  private:
   template <class T>

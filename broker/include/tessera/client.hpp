@@ -145,6 +145,10 @@ class Client {
  public:
   // Starts an embedded broker: a fresh arena and (after start_pool) a supervised pool.
   static Result<std::unique_ptr<Client>> embedded(ClientOptions opts = {});
+  // Connects to a running `tessera-broker --listen PATH`: receives its arena (memfd over
+  // SCM_RIGHTS) and a channel to each of its workers. `opts.arena` is ignored.
+  static Result<std::unique_ptr<Client>> connect(const std::string& socket_path, ClientOptions opts = {},
+                                                 std::chrono::milliseconds timeout = std::chrono::seconds(10));
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

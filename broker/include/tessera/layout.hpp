@@ -176,7 +176,9 @@ struct Channel {
   std::uint32_t client_doorbell;
   std::uint32_t worker_doorbell;
   AtomicU32 generation;         // bumped on every open (relaxed: read after acquiring state)
-  std::uint8_t pad0[kCacheLine - 32];
+  AtomicU32 worker_detached;    // SYNC[channel.detached] generation the worker let go of (release by the
+                                // worker after it stopped using the rings -> acquire by the broker)
+  std::uint8_t pad0[kCacheLine - 36];
   AtomicU32 min_epoch[kMaxStreams];  // SYNC[channel.epoch] release by the client -> acquire by the worker
 };
 static_assert(sizeof(Channel) == 2 * kCacheLine);

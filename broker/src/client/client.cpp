@@ -90,7 +90,10 @@ void Client::Impl::handle_events() {
   for (auto& e : batch) {
     switch (e.kind) {
       case Event::Kind::died: on_worker_died(e.worker, e.text); break;
-      case Event::Kind::ready: on_worker_ready(e.worker, e.pid); break;
+      case Event::Kind::ready:
+        if (e.channel >= 0) bind_worker_channel(e.worker, static_cast<std::uint32_t>(e.channel), e.slot);
+        on_worker_ready(e.worker, e.pid);
+        break;
       case Event::Kind::gave_up: on_worker_gave_up(e.worker, e.text); break;
     }
   }
@@ -127,8 +130,26 @@ void Client::Impl::on_worker_ready(std::int32_t index, int pid) {
   w.pid = pid;
   w.alive = true;
   w.gave_up = false;
-  if (pid > 0) arena.set_participant_pid(w.slot, pid);
+  if (pid > 0 && !remote) arena.set_participant_pid(w.slot, pid);
   rebuild_dispatch_order();
+}
+
+void Client::Impl::bind_worker_channel(std::int32_t index, std::uint32_t ch, std::uint32_t worker_slot) {
+  if (index < 0 || ch >= arena.n_channels()) return;
+  while (workers.size() <= static_cast<std::size_t>(index)) {
+    workers.emplace_back();
+    workers.back().index = static_cast<std::int32_t>(workers.size() - 1);
+  }
+  WorkerState& w = workers[static_cast<std::size_t>(index)];
+  w.index = index;
+  w.slot = worker_slot;
+  w.channel = ch;
+  // acquire: the broker opened the channel before telling us (SYNC[channel.state]).
+  (void)arena.channel(ch).state.load(std::memory_order_acquire);
+  w.generation = arena.channel(ch).generation.load(std::memory_order_relaxed);  // relaxed: ordered by the acquire
+  w.requests = RingProducer(arena, arena.channel(ch).request_ring);
+  w.results = RingConsumer(arena, arena.channel(ch).response_ring);
+  w.in_flight = 0;
 }
 
 void Client::Impl::on_worker_gave_up(std::int32_t index, const std::string& why) {
@@ -172,8 +193,17 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
   }
   w.in_flight = 0;
   mark_idle(w);
+  if (remote) {  // the broker process reclaims and respawns once every client acknowledged
+    w.requests = {};
+    w.results = {};
+    ++w.restarts;
+    rebuild_dispatch_order();
+    if (ack_hook) ack_hook(index);
+    return;
+  }
   // 3. Blocks it allocated and never handed over go back to the arena.
   arena.close_channel(w.channel);
+  arena.release_channel(w.channel);
   reclaimed_blocks += Slab::reclaim(arena, w.slot);
   w.requests = {};
   w.results = {};
@@ -194,7 +224,7 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
     w.slot = kNoSlot;
   }
   rebuild_dispatch_order();
-  if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }) && !respawn_hook)
+  if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }) && !respawn_hook && !remote)
     fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + reason);
   if (respawn_hook) respawn_hook(index);
 }

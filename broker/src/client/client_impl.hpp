@@ -98,6 +98,8 @@ struct Client::Impl {
     std::int32_t worker;
     int pid = 0;
     std::string text;
+    std::int64_t channel = -1;   // remote mode: the channel the broker opened for this worker
+    std::uint32_t slot = kNoSlot; // remote mode: the worker's participant slot
   };
 
   Impl(Arena a, std::uint32_t slot, ClientOptions o);
@@ -154,6 +156,11 @@ struct Client::Impl {
   std::function<void(std::int32_t)> respawn_hook;   // after a death was recovered
   std::function<void(std::int32_t)> kill_hook;      // escalate a cancel / chaos
   std::function<void()> shutdown_hook;
+  // Remote mode (Client::connect): the broker process owns workers and reclaims.
+  bool remote = false;
+  std::function<void(std::int32_t)> ack_hook;       // "recovered worker N" to the broker
+  std::shared_ptr<void> remote_state;               // connection (connect.cpp)
+  void bind_worker_channel(std::int32_t index, std::uint32_t channel, std::uint32_t worker_slot);
 
   std::mutex events_mu;                             // control path only
   std::deque<Event> events;

@@ -170,6 +170,7 @@ Result<void> Client::start_pool(const PoolSpec& spec) {
     if (!sid) {
       // The slot stays registered but unused; release it so nothing leaks.
       I.arena.close_channel(w.channel);
+      I.arena.release_channel(w.channel);
       (void)Slab::reclaim(I.arena, w.slot);
       I.arena.release_participant(w.slot);
       w.slot = kNoSlot;

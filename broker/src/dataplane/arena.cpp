@@ -182,7 +182,11 @@ Result<void> Arena::validate(const void* base, std::size_t len) noexcept {
                                                           " != mapping size " + std::to_string(len));
   if (h.creator_uid != geteuid()) return fail(Errc::permission, "arena: created by another user");
   if (h.n_participants != kMaxParticipants) return fail(Errc::bad_size, "arena: participant table size mismatch");
-  const auto* classes = reinterpret_cast<const SizeClass*>(static_cast<const std::byte*>(base) + (h.classes_offset < len ? h.classes_offset : 0));
+  // The class table is read before the geometry check: its offset must be in range and
+  // page aligned (as compute_geometry places it) so the reads below are in bounds and aligned.
+  if (h.classes_offset >= len || h.classes_offset % kPageSize != 0)
+    return fail(Errc::bad_size, "arena: size-class table offset is outside the mapping or misaligned");
+  const auto* classes = reinterpret_cast<const SizeClass*>(static_cast<const std::byte*>(base) + h.classes_offset);
   auto cfg = config_from_header(h, classes, len);
   if (!cfg) return fail(std::move(cfg).error());
   auto geo = compute_geometry(*cfg);
@@ -371,12 +375,25 @@ void Arena::close_channel(std::uint32_t c) noexcept {
   Channel& ch = channel(c);
   close_ring(ch.request_ring);
   close_ring(ch.response_ring);
-  // SYNC[channel.state] release -> acquired by open_channel when reusing the entry.
-  ch.state.store(static_cast<std::uint32_t>(ChannelState::unused), std::memory_order_release);
+  // SYNC[channel.state] release: endpoints see `closing` (not open) at their next rescan.
+  ch.state.store(static_cast<std::uint32_t>(ChannelState::closing), std::memory_order_release);
   participant(ch.client_slot).channel_version.fetch_add(1, std::memory_order_release);  // SYNC[participant.channels]
   participant(ch.worker_slot).channel_version.fetch_add(1, std::memory_order_release);  // SYNC[participant.channels]
   doorbell_notify(doorbell(ch.worker_doorbell));
   doorbell_notify(doorbell(ch.client_doorbell));
+}
+
+void Arena::release_channel(std::uint32_t c) noexcept {
+  if (c >= n_channels()) return;
+  // SYNC[channel.state] release -> acquired by open_channel when reusing the entry.
+  channel(c).state.store(static_cast<std::uint32_t>(ChannelState::unused), std::memory_order_release);
+}
+
+bool Arena::worker_detached(std::uint32_t c) const noexcept {
+  if (c >= n_channels()) return true;
+  const Channel& ch = channel(c);
+  // SYNC[channel.detached] acquire: pairs with the worker's release in refresh_channels.
+  return ch.worker_detached.load(std::memory_order_acquire) == ch.generation.load(std::memory_order_relaxed);
 }
 
 std::uint64_t process_start_time(int pid) noexcept {
