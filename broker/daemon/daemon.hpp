@@ -5,6 +5,11 @@
 
 #include <tessera/event_loop.hpp>
 
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace tessera::daemon {
 
 struct Options {
@@ -15,5 +20,13 @@ struct Options {
 int run_appose(const Options& opts);              // --appose
 int run_trivial_worker();                         // --trivial-worker (bench peer)
 int run_bench_control(const Options& opts, int n);  // --bench-control N
+
+struct ListenOptions {
+  std::string socket_path;
+  int workers = 2;
+  std::vector<std::string> worker_cmd;                               // default: tessera-tissue-worker
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> classes;      // block size, count (default arena if empty)
+};
+int run_listen(const ListenOptions& lo);             // --listen PATH
 
 }  // namespace tessera::daemon

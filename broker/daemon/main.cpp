@@ -1,6 +1,7 @@
 // tessera-broker: the broker daemon.
 //   --appose            act as an Appose worker on stdin/stdout (driven by an Appose host)
 //   --bench-control N   control-plane round trip benchmark, one JSON line per result
+//   --listen PATH       standalone broker for client processes (Client::connect)
 #include <cstdio>
 #include <string>
 
@@ -22,6 +23,11 @@ int main(int argc, char** argv) {
   app.add_flag("--trivial-worker", trivial, "Minimal Appose worker (benchmark peer)")->group("");
   app.add_option("--loop", loop, "Event loop back end")->check(CLI::IsMember({"auto", "io_uring", "epoll"}));
   app.add_option("--log-level", level, "trace, debug, info, warn, error, off");
+  tessera::daemon::ListenOptions lo;
+  app.add_option("--listen", lo.socket_path, "Serve client processes on this Unix socket (created 0600)");
+  app.add_option("--workers,-n", lo.workers, "Worker processes (with --listen)")->check(CLI::Range(1, 32));
+  app.add_option("--worker-cmd", lo.worker_cmd, "Worker command line (with --listen); default: tessera-tissue-worker")
+      ->expected(-1);
   CLI11_PARSE(app, argc, argv);
 
   // Logs always go to stderr: stdout carries protocol lines or results.
@@ -35,6 +41,7 @@ int main(int argc, char** argv) {
   if (trivial) return tessera::daemon::run_trivial_worker();
   if (bench_n > 0) return tessera::daemon::run_bench_control(opts, bench_n);
   if (appose) return tessera::daemon::run_appose(opts);
+  if (!lo.socket_path.empty()) return tessera::daemon::run_listen(lo);
   std::fprintf(stderr, "%s", app.help().c_str());
   return 2;
 }

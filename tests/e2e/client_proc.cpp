@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   auto s = (*c)->open_stream({.ordering = tessera::Ordering::submission, .max_in_flight = 256}).value();
   std::vector<tessera::TileResult> got;
   int ok = 0, delivered = 0;
+  std::string first_error;
   for (int i = 0; i < tiles; ++i) {
     tessera::InputBlock in;
     if (!(*c)->alloc(16 * 16 * 3, in, 10s)) return 4;
@@ -57,10 +58,16 @@ int main(int argc, char** argv) {
     for (auto& r : got) {
       ++delivered;
       const auto m = r.output.view().as<const std::uint8_t>();
-      if (r.outcome == tessera::Outcome::completed && m.size() == 256 && m[0] == (r.meta.x % 2 ? 255 : 0)) ++ok;
+      if (r.outcome == tessera::Outcome::completed && m.size() == 256 && m[0] == (r.meta.x % 2 ? 255 : 0)) {
+        ++ok;
+      } else if (first_error.empty()) {
+        first_error = std::string(tessera::outcome_name(r.outcome)) + " " + r.error + " x=" + std::to_string(r.meta.x) +
+                      " size=" + std::to_string(m.size()) + " m0=" + (m.empty() ? std::string("-") : std::to_string(m[0]));
+      }
     }
     got.clear();
   }
   std::printf("%d/%d ok\n", ok, tiles);
+  if (!first_error.empty()) std::printf("first problem: %s\n", first_error.c_str());
   return ok == tiles ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 namespace tessera {
 namespace {
@@ -223,7 +224,13 @@ AllocStatus Worker::alloc_output(DType dtype, const Shape& shape, OutputBlock& o
   if (dtype_size(dtype) == 0 || shape.ndim == 0 || shape.ndim > 4) return AllocStatus::too_large;
   out = OutputBlock{};
   BlockView b;
-  const AllocStatus st = slab_.try_alloc(bytes, b);
+  AllocStatus st = slab_.try_alloc(bytes, b);
+  // Exhaustion is normal under load: back off briefly (the client frees blocks as it
+  // consumes results) instead of failing the tile at once. Off the steady-state path.
+  for (auto until = Clock::now() + opts_.alloc_wait; st == AllocStatus::no_space && Clock::now() < until && !stop_requested();) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    st = slab_.try_alloc(bytes, b);
+  }
   if (st != AllocStatus::ok) return st;
   out.slab_ = &slab_;
   out.block_ = b;

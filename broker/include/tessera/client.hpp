@@ -40,6 +40,8 @@ struct ClientOptions {
   std::uint32_t max_in_flight = 4096;   // tiles submitted and not yet delivered, all streams
   std::uint32_t worker_window = 64;     // tiles queued at one worker at once (the rest wait
                                         // client-side, where priorities and epochs apply)
+  std::uint32_t output_reserve_percent = 25;  // input allocations leave this share of each size
+                                              // class to the workers' outputs
 };
 
 struct PoolSpec {

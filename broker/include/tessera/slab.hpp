@@ -38,6 +38,9 @@ class Slab {
   // Hot path: takes the smallest block of at least `bytes`, falling back to larger
   // classes. "No space" is a normal outcome. No syscalls, no locks, no allocation.
   [[nodiscard]] AllocStatus try_alloc(std::uint64_t bytes, BlockView& out) noexcept;
+  // As try_alloc, but leaves every class at least `reserve_percent` % free for others
+  // (clients keep room for the workers' outputs, so inputs cannot starve them).
+  [[nodiscard]] AllocStatus try_alloc_leaving(std::uint64_t bytes, std::uint32_t reserve_percent, BlockView& out) noexcept;
   // Frees a block this participant holds. Errc::stale_handle / bad_handle / not_owner otherwise.
   [[nodiscard]] Errc free(BlockHandle h) noexcept;
   // Moves ownership of a held block from `from` to this participant (e.g. a client

@@ -609,7 +609,7 @@ Result<void> Client::close_stream(std::uint32_t stream) {
 AllocStatus Client::try_alloc(std::uint64_t bytes, InputBlock& out) noexcept {
   out = InputBlock{};
   BlockView b;
-  const AllocStatus st = impl_->slab.try_alloc(bytes, b);
+  const AllocStatus st = impl_->slab.try_alloc_leaving(bytes, impl_->opts.output_reserve_percent, b);
   if (st != AllocStatus::ok) return st;
   out.slab_ = &impl_->slab;
   out.block_ = b;

@@ -57,6 +57,21 @@ AllocStatus Slab::try_alloc(std::uint64_t bytes, BlockView& out) noexcept {
   return fits_somewhere ? AllocStatus::no_space : AllocStatus::too_large;
 }
 
+AllocStatus Slab::try_alloc_leaving(std::uint64_t bytes, std::uint32_t reserve_percent, BlockView& out) noexcept {
+  const std::uint32_t nc = arena_->n_classes();
+  bool fits_somewhere = false;
+  for (std::uint32_t c = 0; c < nc; ++c) {
+    const SizeClass& sc = arena_->size_class(c);
+    if (sc.block_size < bytes) continue;
+    fits_somewhere = true;
+    // relaxed: an approximate occupancy is enough for a soft quota.
+    const std::uint64_t held = sc.held_approx.load(std::memory_order_relaxed);
+    if ((held + 1) * 100 > std::uint64_t{sc.block_count} * (100 - reserve_percent)) continue;
+    if (try_alloc_in(c, out)) return AllocStatus::ok;
+  }
+  return fits_somewhere ? AllocStatus::no_space : AllocStatus::too_large;
+}
+
 Errc Slab::check(BlockHandle h, std::uint64_t& word) const noexcept {
   if (h.null() || h.cls() >= arena_->n_classes()) return Errc::bad_handle;
   const SizeClass& sc = arena_->size_class(h.cls());

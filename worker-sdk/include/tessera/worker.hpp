@@ -85,6 +85,9 @@ enum class TakeStatus : std::uint8_t { ok = 0, timeout, stopped };
 
 struct WorkerOptions {
   WaitPolicy wait{};          // spin window before sleeping on the doorbell
+  // When the arena has no block for an output, retry this long (clients free blocks as
+  // they consume results) before failing the tile with NoSpace.
+  std::chrono::milliseconds alloc_wait{2000};
 };
 
 struct WorkerStats {

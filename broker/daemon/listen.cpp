@@ -1,0 +1,52 @@
+// tessera-broker --listen PATH: the standalone broker for client processes
+// (Client::connect). Runs until SIGTERM/SIGINT, then closes every session,
+// stops the workers and removes the socket.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include <tessera/broker_server.hpp>
+
+#include "daemon.hpp"
+
+namespace tessera::daemon {
+
+int run_listen(const ListenOptions& lo) {
+  BrokerServerOptions o;
+  o.socket_path = lo.socket_path;
+  o.pool.count = lo.workers;
+  if (lo.worker_cmd.empty()) {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    o.pool.argv = {(self.parent_path() / "tessera-tissue-worker").string()};
+  } else {
+    o.pool.argv = lo.worker_cmd;
+  }
+  o.arena.classes.clear();
+  for (auto [size, count] : lo.classes) o.arena.classes.push_back({size, count});
+  if (o.arena.classes.empty()) o.arena = ArenaConfig{};
+  // Block the stop signals before any thread starts, then wait for one.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  auto srv = BrokerServer::start(o);
+  if (!srv) {
+    spdlog::error("cannot start: {}", srv.error().message);
+    return 1;
+  }
+  spdlog::info("listening on {} with {} worker(s): {}", lo.socket_path, lo.workers, o.pool.argv.front());
+  std::printf("listening on %s\n", lo.socket_path.c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("signal {}: shutting down", sig);
+  (*srv)->stop();
+  return 0;
+}
+
+}  // namespace tessera::daemon
