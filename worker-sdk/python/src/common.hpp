@@ -1,0 +1,92 @@
+// Shared helpers of the `tessera._tessera` extension: dtype names, zero-copy
+// NumPy views over arena memory, error translation.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+#include <tessera/result.hpp>
+#include <tessera/tensor.hpp>
+
+namespace tessera::py_bind {
+
+namespace py = pybind11;
+
+// Control-path failures surface as Python exceptions (TesseraError, a RuntimeError).
+struct TesseraError : std::runtime_error {
+  Errc code;
+  TesseraError(Errc c, const std::string& m) : std::runtime_error(m), code(c) {}
+};
+
+[[noreturn]] inline void raise(const Error& e) { throw TesseraError(e.code, e.message); }
+
+template <class T>
+T unwrap(Result<T>&& r) {
+  if (!r) raise(r.error());
+  return std::move(r).value();
+}
+inline void unwrap(Result<void>&& r) {
+  if (!r) raise(r.error());
+}
+
+// Seconds (float) -> nanoseconds; negative means "no wait".
+inline std::chrono::nanoseconds seconds(double s) {
+  if (!(s > 0)) return std::chrono::nanoseconds(0);
+  return std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
+}
+
+// NumPy dtype (anything np.dtype() accepts) -> tessera DType; throws on unsupported.
+inline DType to_dtype(const py::handle& any) {
+  py::dtype dt = py::dtype::from_args(py::reinterpret_borrow<py::object>(any));
+  const std::string name = py::str(dt.attr("name"));
+  const DType t = dtype_from_name(name);
+  if (dtype_size(t) == 0) throw py::type_error("tessera: unsupported dtype '" + name + "'");
+  if (!dt.attr("isnative").cast<bool>()) throw py::type_error("tessera: dtype '" + name + "' is not in native byte order");
+  return t;
+}
+
+// Python shape (int or sequence of 1..4 ints) -> Shape; throws on bad input.
+inline Shape to_shape(const py::handle& obj) {
+  Shape s;
+  if (py::isinstance<py::int_>(obj)) {
+    s.dims[0] = obj.cast<std::uint32_t>();
+    s.ndim = 1;
+    return s;
+  }
+  py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+  if (seq.size() == 0 || seq.size() > 4) throw py::value_error("tessera: a tile shape has 1 to 4 dimensions");
+  for (std::size_t i = 0; i < seq.size(); ++i) {
+    const auto v = seq[i].cast<std::int64_t>();
+    if (v < 0 || v > 0xffffffffLL) throw py::value_error("tessera: shape dimension out of range");
+    s.dims[i] = static_cast<std::uint32_t>(v);
+  }
+  s.ndim = static_cast<std::uint8_t>(seq.size());
+  return s;
+}
+
+inline py::tuple shape_tuple(const Shape& s) {
+  py::tuple t(s.ndim);
+  for (std::uint8_t i = 0; i < s.ndim; ++i) t[i] = s.dims[i];
+  return t;
+}
+
+// A NumPy array over `v` (no copy). `base` keeps the memory mapped while the array lives.
+inline py::array view_array(const TensorView& v, py::handle base, bool writable) {
+  if (!v.valid()) throw py::value_error("tessera: invalid tensor view");
+  const std::string name(dtype_name(v.dtype()));
+  std::vector<py::ssize_t> shape(v.shape().ndim), strides(v.shape().ndim);
+  const auto st = v.strides();
+  for (std::uint8_t i = 0; i < v.shape().ndim; ++i) {
+    shape[i] = static_cast<py::ssize_t>(v.shape().dims[i]);
+    strides[i] = static_cast<py::ssize_t>(st[i]);
+  }
+  py::array a(py::dtype(name), shape, strides, v.data(), base);
+  if (!writable) py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return a;
+}
+
+}  // namespace tessera::py_bind
