@@ -1,0 +1,387 @@
+// The client's C ABI: a thin, checked layer over tessera::Client. Input blocks
+// and delivered results live in per-client handle tables, so every handle a
+// caller passes is validated (owner, kind, generation) before use, and the
+// pointers handed out (payload, output, error text) stay put until released.
+#include <tessera/client.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <tessera/client.hpp>
+
+#include "capi_common.hpp"
+
+using tessera::Errc;
+using tessera::capi::HandleKind;
+using tessera::capi::HandleTable;
+using tessera::capi::guarded;
+using tessera::capi::invalid;
+using tessera::capi::set_error;
+
+struct tessera_client {
+  static constexpr std::uint32_t kMagic = 0x434c5254;  // "TRLC"
+  explicit tessera_client(std::unique_ptr<tessera::Client> cl)
+      : c(std::move(cl)), id(tessera::capi::next_owner_id()), blocks(HandleKind::block, id), results(HandleKind::result, id) {}
+  ~tessera_client() {
+    results.clear();  // release result blocks and input blocks while the client still exists
+    blocks.clear();
+    magic = 0;
+  }
+  std::uint32_t magic = kMagic;
+  std::unique_ptr<tessera::Client> c;
+  std::uint32_t id;
+  HandleTable<tessera::InputBlock> blocks;
+  HandleTable<tessera::TileResult> results;
+  std::vector<tessera::TileResult> scratch;
+};
+
+namespace {
+
+bool live(const tessera_client* c) noexcept { return c != nullptr && c->magic == tessera_client::kMagic && c->c; }
+
+std::chrono::nanoseconds ns(int64_t v) noexcept { return std::chrono::nanoseconds(std::max<int64_t>(v, 0)); }
+
+void to_c(const tessera::TileMeta& m, tessera_tile_meta_t& out) noexcept {
+  out = tessera_tile_meta_t{};
+  out.dtype = static_cast<int32_t>(m.dtype);
+  out.ndim = m.shape.ndim;
+  for (uint32_t i = 0; i < TESSERA_MAX_DIMS; ++i) out.dims[i] = i < m.shape.ndim ? m.shape.dims[i] : 0;
+  out.level = m.level;
+  out.x = m.x;
+  out.y = m.y;
+  out.op = m.op;
+  out.tag = m.tag;
+  out.deadline_ns = m.deadline.count();
+}
+
+}  // namespace
+
+extern "C" {
+
+TESSERA_API int tessera_client_abi_version(void) { return TESSERA_CLIENT_ABI_VERSION; }
+
+TESSERA_API void tessera_client_options_init(tessera_client_options_t* o) {
+  if (o == nullptr) return;
+  const tessera::ClientOptions d{};
+  *o = tessera_client_options_t{};
+  o->classes = nullptr;
+  o->n_classes = 0;
+  o->n_rings = d.arena.n_rings;
+  o->ring_capacity = d.arena.ring_capacity;
+  o->prefault = d.arena.prefault ? 1 : 0;
+  o->spin_ns = d.wait.spin_ns;
+  o->sleep = d.wait.sleep ? 1 : 0;
+  o->max_in_flight = d.max_in_flight;
+  o->worker_window = d.worker_window;
+}
+
+TESSERA_API void tessera_pool_spec_init(tessera_pool_spec_t* s) {
+  if (s == nullptr) return;
+  const tessera::PoolSpec d{};
+  *s = tessera_pool_spec_t{};
+  s->count = d.count;
+  s->max_retries = d.max_retries;
+  s->restart = d.restart ? 1 : 0;
+  s->ready_timeout_ms = d.ready_timeout.count();
+}
+
+TESSERA_API void tessera_stream_options_init(tessera_stream_options_t* o) {
+  if (o == nullptr) return;
+  const tessera::StreamOptions d{};
+  o->priority = d.priority;
+  o->ordering = static_cast<int32_t>(d.ordering);
+  o->max_in_flight = d.max_in_flight;
+  o->deadline_ns = d.deadline.count();
+}
+
+TESSERA_API void tessera_tile_meta_init(tessera_tile_meta_t* m) {
+  if (m == nullptr) return;
+  to_c(tessera::TileMeta{}, *m);
+}
+
+TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tessera_client_t** out) {
+  return guarded("tessera_client_create", [&] {
+    if (out == nullptr) return invalid("tessera_client_create: out is NULL");
+    *out = nullptr;
+    tessera::ClientOptions o;
+    if (opts != nullptr) {
+      if (opts->n_classes > 0) {
+        if (opts->classes == nullptr) return invalid("tessera_client_create: n_classes > 0 but classes is NULL");
+        o.arena.classes.clear();
+        for (size_t i = 0; i < opts->n_classes; ++i)
+          o.arena.classes.push_back({opts->classes[i].block_size, opts->classes[i].block_count});
+      }
+      o.arena.n_rings = opts->n_rings;
+      o.arena.ring_capacity = opts->ring_capacity;
+      o.arena.prefault = opts->prefault != 0;
+      o.wait.spin_ns = opts->spin_ns;
+      o.wait.sleep = opts->sleep != 0;
+      o.max_in_flight = opts->max_in_flight;
+      o.worker_window = opts->worker_window;
+    }
+    auto c = tessera::Client::embedded(std::move(o));
+    if (!c) return set_error(c.error());
+    *out = new tessera_client(std::move(*c));
+    return 0;
+  });
+}
+
+TESSERA_API void tessera_client_destroy(tessera_client_t* c) {
+  if (c == nullptr || c->magic != tessera_client::kMagic) return;
+  try {
+    delete c;
+  } catch (...) {  // destructors here do not throw; belt and braces at the boundary
+  }
+}
+
+TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec) {
+  return guarded("tessera_client_start_pool", [&] {
+    if (!live(c)) return invalid("tessera_client_start_pool: not a client");
+    if (spec == nullptr || spec->argv == nullptr || spec->argc == 0 || spec->argv[0] == nullptr)
+      return invalid("tessera_client_start_pool: spec needs argv[0]");
+    if (spec->n_env % 2 != 0 || (spec->n_env > 0 && spec->env == nullptr))
+      return invalid("tessera_client_start_pool: env holds key/value pairs");
+    if (spec->n_init_scripts > 0 && spec->init_scripts == nullptr)
+      return invalid("tessera_client_start_pool: n_init_scripts > 0 but init_scripts is NULL");
+    tessera::PoolSpec ps;
+    for (size_t i = 0; i < spec->argc; ++i) {
+      if (spec->argv[i] == nullptr) return invalid("tessera_client_start_pool: NULL in argv");
+      ps.argv.emplace_back(spec->argv[i]);
+    }
+    for (size_t i = 0; i + 1 < spec->n_env; i += 2) {
+      if (spec->env[i] == nullptr || spec->env[i + 1] == nullptr) return invalid("tessera_client_start_pool: NULL in env");
+      ps.env[spec->env[i]] = spec->env[i + 1];
+    }
+    for (size_t i = 0; i < spec->n_init_scripts; ++i) {
+      if (spec->init_scripts[i] == nullptr) return invalid("tessera_client_start_pool: NULL in init_scripts");
+      ps.init_scripts.emplace_back(spec->init_scripts[i]);
+    }
+    ps.count = spec->count;
+    ps.max_retries = spec->max_retries;
+    ps.restart = spec->restart != 0;
+    if (spec->ready_timeout_ms > 0) ps.ready_timeout = std::chrono::milliseconds(spec->ready_timeout_ms);
+#ifdef TESSERA_CLIENT_HAS_START_POOL
+    auto r = c->c->start_pool(ps);
+    if (!r) return set_error(r.error());
+    return 0;
+#else
+    return set_error(Errc::unavailable,
+                     "tessera_client_start_pool: this build's client has no worker pool; "
+                     "start workers yourself with tessera_client_add_external_worker");
+#endif
+  });
+}
+
+TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const char* name, tessera_external_worker_t* out) {
+  return guarded("tessera_client_add_external_worker", [&] {
+    if (!live(c)) return invalid("tessera_client_add_external_worker: not a client");
+    if (out == nullptr) return invalid("tessera_client_add_external_worker: out is NULL");
+    auto ew = c->c->add_external_worker(name != nullptr ? name : "worker");
+    if (!ew) return set_error(ew.error());
+    out->index = ew->index;
+    out->slot = ew->slot;
+    out->arena_fd = ew->arena_fd;
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_set_worker_pid(tessera_client_t* c, int32_t index, int32_t pid) {
+  return guarded("tessera_client_set_worker_pid", [&] {
+    if (!live(c)) return invalid("tessera_client_set_worker_pid: not a client");
+    const auto ws = c->c->workers();
+    if (index < 0 || static_cast<size_t>(index) >= ws.size()) return invalid("tessera_client_set_worker_pid: no such worker");
+    c->c->set_worker_pid(index, pid);
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_worker_died(tessera_client_t* c, int32_t index, const char* reason) {
+  return guarded("tessera_client_worker_died", [&] {
+    if (!live(c)) return invalid("tessera_client_worker_died: not a client");
+    const auto ws = c->c->workers();
+    if (index < 0 || static_cast<size_t>(index) >= ws.size()) return invalid("tessera_client_worker_died: no such worker");
+    c->c->worker_died(index, reason != nullptr ? reason : "worker died");
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_kill_worker(tessera_client_t* c, int32_t index) {
+  return guarded("tessera_client_kill_worker", [&] {
+    if (!live(c)) return invalid("tessera_client_kill_worker: not a client");
+    auto r = c->c->kill_worker(index);
+    return r ? 0 : set_error(r.error());
+  });
+}
+
+TESSERA_API int tessera_client_open_stream(tessera_client_t* c, const tessera_stream_options_t* opts, uint32_t* stream) {
+  return guarded("tessera_client_open_stream", [&] {
+    if (!live(c)) return invalid("tessera_client_open_stream: not a client");
+    if (stream == nullptr) return invalid("tessera_client_open_stream: stream is NULL");
+    tessera::StreamOptions so;
+    if (opts != nullptr) {
+      if (opts->ordering != TESSERA_ORDER_COMPLETION && opts->ordering != TESSERA_ORDER_SUBMISSION)
+        return invalid("tessera_client_open_stream: unknown ordering");
+      so.priority = opts->priority;
+      so.ordering = static_cast<tessera::Ordering>(opts->ordering);
+      so.max_in_flight = opts->max_in_flight;
+      so.deadline = ns(opts->deadline_ns);
+    }
+    auto s = c->c->open_stream(so);
+    if (!s) return set_error(s.error());
+    *stream = *s;
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_close_stream(tessera_client_t* c, uint32_t stream) {
+  return guarded("tessera_client_close_stream", [&] {
+    if (!live(c)) return invalid("tessera_client_close_stream: not a client");
+    auto r = c->c->close_stream(stream);
+    return r ? 0 : set_error(r.error());
+  });
+}
+
+TESSERA_API int tessera_client_alloc(tessera_client_t* c, uint64_t bytes, int64_t timeout_ns, void** data,
+                                     uint64_t* capacity, tessera_block_t* block) {
+  return guarded("tessera_client_alloc", [&] {
+    if (!live(c)) return invalid("tessera_client_alloc: not a client");
+    if (data == nullptr || block == nullptr) return invalid("tessera_client_alloc: data/block is NULL");
+    *data = nullptr;
+    *block = 0;
+    tessera::InputBlock in;
+    auto r = c->c->alloc(bytes, in, ns(timeout_ns));
+    if (!r) return set_error(r.error());
+    *data = in.bytes().data();
+    if (capacity != nullptr) *capacity = in.bytes().size();
+    *block = c->blocks.insert(std::move(in));
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_free_block(tessera_client_t* c, tessera_block_t block) {
+  if (!live(c)) return invalid("tessera_client_free_block: not a client");
+  if (c->blocks.find(block, "tessera_client_free_block") == nullptr) return tessera_last_error_code();
+  c->blocks.erase(block);  // InputBlock's reset frees the block
+  return 0;
+}
+
+TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tessera_block_t block,
+                                      const tessera_tile_meta_t* meta, int32_t mode, int64_t timeout_ns, uint64_t* seq) {
+  return guarded("tessera_client_submit", [&] {
+    if (!live(c)) return invalid("tessera_client_submit: not a client");
+    if (meta == nullptr) return invalid("tessera_client_submit: meta is NULL");
+    if (mode < TESSERA_SUBMIT_BLOCK || mode > TESSERA_SUBMIT_TIMEOUT) return invalid("tessera_client_submit: unknown mode");
+    if (meta->ndim == 0 || meta->ndim > TESSERA_MAX_DIMS)
+      return invalid("tessera_client_submit: a tile has 1 to 4 dimensions");
+    if (meta->level > 255) return invalid("tessera_client_submit: level must be 0..255");
+    tessera::InputBlock* in = c->blocks.find(block, "tessera_client_submit");
+    if (in == nullptr) return tessera_last_error_code();
+    tessera::TileMeta m;
+    m.dtype = static_cast<tessera::DType>(meta->dtype);
+    for (uint32_t i = 0; i < meta->ndim; ++i) m.shape.dims[i] = meta->dims[i];
+    m.shape.ndim = static_cast<std::uint8_t>(meta->ndim);
+    m.level = static_cast<std::uint8_t>(meta->level);
+    m.x = meta->x;
+    m.y = meta->y;
+    m.op = meta->op;
+    m.tag = meta->tag;
+    m.deadline = ns(meta->deadline_ns);
+    const auto timeout = timeout_ns > 0 ? ns(timeout_ns) : std::chrono::nanoseconds(std::chrono::seconds(30));
+    auto r = c->c->submit(stream, *in, m, static_cast<tessera::SubmitMode>(mode), timeout);
+    if (!r) return set_error(r.error());  // the caller still owns the block
+    c->blocks.erase(block);               // the tile owns it now
+    if (seq != nullptr) *seq = *r;
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_poll(tessera_client_t* c, tessera_result_t* out, size_t max, int64_t timeout_ns) {
+  return guarded("tessera_client_poll", [&] {
+    if (!live(c)) return invalid("tessera_client_poll: not a client");
+    if (out == nullptr || max == 0) return invalid("tessera_client_poll: no room for results");
+    max = std::min<size_t>(max, INT_MAX);
+    if (c->scratch.capacity() < max) c->scratch.reserve(max);
+    c->scratch.clear();
+    const size_t n = c->c->poll(c->scratch, max, ns(timeout_ns));
+    const std::byte* base = c->c->arena().base();
+    for (size_t i = 0; i < n; ++i) {
+      const tessera_result_id_t id = c->results.insert(std::move(c->scratch[i]));
+      const tessera::TileResult& r = *c->results.peek(id);  // stored: its pointers stay put until release
+      tessera_result_t& o = out[i];
+      o = tessera_result_t{};
+      o.id = id;
+      o.stream = r.stream;
+      o.epoch = r.epoch;
+      o.seq = r.seq;
+      o.outcome = static_cast<int32_t>(r.outcome);
+      o.status = static_cast<int32_t>(r.status);
+      o.error = r.error.c_str();
+      if (r.output.valid()) {
+        const tessera::TensorView& v = r.output.view();
+        o.data = v.data();
+        o.nbytes = v.nbytes();
+        o.dtype = static_cast<int32_t>(v.dtype());
+        o.ndim = v.shape().ndim;
+        for (uint32_t k = 0; k < TESSERA_MAX_DIMS; ++k) o.dims[k] = k < o.ndim ? v.shape().dims[k] : 0;
+        o.arena_offset = static_cast<uint64_t>(v.data() - base);
+      }
+      to_c(r.meta, o.meta);
+      o.worker = r.worker;
+      o.latency_us = r.latency_us;
+    }
+    c->scratch.clear();
+    return static_cast<int>(n);
+  });
+}
+
+TESSERA_API int tessera_client_release_result(tessera_client_t* c, tessera_result_id_t id) {
+  if (!live(c)) return invalid("tessera_client_release_result: not a client");
+  if (c->results.find(id, "tessera_client_release_result") == nullptr) return tessera_last_error_code();
+  c->results.erase(id);  // frees the output block and the error text
+  return 0;
+}
+
+TESSERA_API uint64_t tessera_client_in_flight(const tessera_client_t* c) { return live(c) ? c->c->in_flight() : 0; }
+
+TESSERA_API int tessera_client_cancel(tessera_client_t* c, uint32_t stream, uint64_t seq) {
+  return guarded("tessera_client_cancel", [&] {
+    if (!live(c)) return invalid("tessera_client_cancel: not a client");
+    auto r = c->c->cancel(stream, seq);
+    return r ? 0 : set_error(r.error());
+  });
+}
+
+TESSERA_API int tessera_client_cancel_stream(tessera_client_t* c, uint32_t stream) {
+  return guarded("tessera_client_cancel_stream", [&] {
+    if (!live(c)) return invalid("tessera_client_cancel_stream: not a client");
+    auto r = c->c->cancel_stream(stream);
+    return r ? 0 : set_error(r.error());
+  });
+}
+
+TESSERA_API int tessera_client_advance_epoch(tessera_client_t* c, uint32_t stream, uint32_t* epoch) {
+  return guarded("tessera_client_advance_epoch", [&] {
+    if (!live(c)) return invalid("tessera_client_advance_epoch: not a client");
+    auto r = c->c->advance_epoch(stream);
+    if (!r) return set_error(r.error());
+    if (epoch != nullptr) *epoch = *r;
+    return 0;
+  });
+}
+
+TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream, tessera_stream_stats_t* out) {
+  return guarded("tessera_client_stats", [&] {
+    if (!live(c)) return invalid("tessera_client_stats: not a client");
+    if (out == nullptr) return invalid("tessera_client_stats: out is NULL");
+    const tessera::StreamStats s = c->c->stats(stream);
+    *out = tessera_stream_stats_t{s.submitted, s.queued, s.running, s.completed, s.failed, s.canceled, s.retried,
+                                  s.p50_us, s.p99_us};
+    return 0;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,275 @@
+/* Tessera client, C ABI (libtessera_client.so / tessera::client_c), shaped for
+ * FFI bindings (Java Panama/JNA, Python ctypes, ...): only plain structs, fixed
+ * width integers, opaque handles and non-inline functions.
+ *
+ * Conventions (docs/c-abi.md):
+ *  - functions are tessera_client_<verb>; a client is an opaque tessera_client_t;
+ *  - 0 (or a count) on success, -TESSERA_E* on failure, with a message in
+ *    tessera_last_error() for the calling thread; nothing throws across the ABI;
+ *  - input blocks and results are 64-bit handles checked on every call: a handle
+ *    of another client, of the other kind, already submitted/released, or forged
+ *    is rejected with -TESSERA_EBADHANDLE / -TESSERA_ESTALE, never undefined behaviour;
+ *  - a client is used from one thread at a time (the data path has no locks).
+ *
+ *   tessera_client_t* c;
+ *   tessera_client_create(NULL, &c);
+ *   ... start workers (tessera_client_start_pool or add_external_worker) ...
+ *   uint32_t s; tessera_client_open_stream(c, NULL, &s);
+ *   void* p; uint64_t cap; tessera_block_t b;
+ *   tessera_client_alloc(c, 196608, 1000000000, &p, &cap, &b);   fill p in place
+ *   tessera_tile_meta_t m; tessera_tile_meta_init(&m); m.ndim = 3; ...
+ *   uint64_t seq; tessera_client_submit(c, s, b, &m, TESSERA_SUBMIT_BLOCK, 0, &seq);
+ *   tessera_result_t r[16]; int n = tessera_client_poll(c, r, 16, 10000000);
+ *   ... read r[i].data ...; tessera_client_release_result(c, r[i].id);
+ *   tessera_client_destroy(c);
+ */
+#ifndef TESSERA_CLIENT_H_
+#define TESSERA_CLIENT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- shared by tessera/worker.h and tessera/client.h (kept identical; the
+ * implementation static_asserts every value against the C++ enums) ---- */
+#ifndef TESSERA_CAPI_COMMON_DEFINED
+#define TESSERA_CAPI_COMMON_DEFINED
+
+#if defined(__GNUC__)
+#define TESSERA_API __attribute__((visibility("default")))
+#else
+#define TESSERA_API
+#endif
+
+/* Error codes. Functions return 0 (or a count) on success and -TESSERA_E* on
+ * failure; tessera_last_error() then holds a message for the calling thread.
+ * The values mirror tessera::Errc. */
+enum tessera_errc {
+  TESSERA_OK = 0,
+  TESSERA_EINVAL = 1,        /* the caller passed something unusable */
+  TESSERA_EBADMAGIC = 2,     /* not a Tessera arena */
+  TESSERA_EBADVERSION = 3,   /* arena of another layout version */
+  TESSERA_EBADSIZE = 4,      /* arena sizes disagree with the mapping */
+  TESSERA_ENOTREADY = 5,     /* arena creator has not finished */
+  TESSERA_EPERM = 6,         /* owned by another user, or wrong mode */
+  TESSERA_ESYSTEM = 7,       /* a system call failed (message has errno text) */
+  TESSERA_ESTALE = 8,        /* handle already used up: answered, published, released, freed */
+  TESSERA_EBADHANDLE = 9,    /* handle of another object, another kind, or forged */
+  TESSERA_ENOTOWNER = 10,    /* block held by another participant */
+  TESSERA_ENOSPC = 11,       /* no block free (a normal outcome on the data path) */
+  TESSERA_ECORRUPT = 12,     /* a shared structure failed validation */
+  TESSERA_ECLOSED = 13,      /* stream/channel closed, or the worker was asked to stop */
+  TESSERA_ETIMEDOUT = 14,
+  TESSERA_EPROTO = 15,       /* malformed or out-of-order control message */
+  TESSERA_EWORKER = 16,      /* a worker died or reported an error */
+  TESSERA_ECANCELED = 17,
+  TESSERA_ENOTFOUND = 18,
+  TESSERA_EUNAVAILABLE = 19, /* broker or worker absent, or not supported by this build */
+  TESSERA_EINTERNAL = 20     /* an unexpected C++ exception was caught at the boundary */
+};
+
+/* Element types of a tile (values of tessera::fb::DType). */
+enum tessera_dtype {
+  TESSERA_DTYPE_INVALID = 0,
+  TESSERA_DTYPE_UINT8 = 1,
+  TESSERA_DTYPE_INT8 = 2,
+  TESSERA_DTYPE_UINT16 = 3,
+  TESSERA_DTYPE_INT16 = 4,
+  TESSERA_DTYPE_UINT32 = 5,
+  TESSERA_DTYPE_INT32 = 6,
+  TESSERA_DTYPE_UINT64 = 7,
+  TESSERA_DTYPE_INT64 = 8,
+  TESSERA_DTYPE_FLOAT16 = 9,
+  TESSERA_DTYPE_FLOAT32 = 10,
+  TESSERA_DTYPE_FLOAT64 = 11,
+  TESSERA_DTYPE_BOOL = 12
+};
+
+/* Why a tile did not complete (values of tessera::fb::TileStatus). */
+enum tessera_tile_status {
+  TESSERA_TILE_OK = 0,
+  TESSERA_TILE_HANDLER_ERROR = 1,
+  TESSERA_TILE_BAD_INPUT = 2,
+  TESSERA_TILE_STALE_BLOCK = 3,
+  TESSERA_TILE_NO_SPACE = 4,
+  TESSERA_TILE_CANCELED = 5,
+  TESSERA_TILE_WORKER_DIED = 6,
+  TESSERA_TILE_DEADLINE = 7,
+  TESSERA_TILE_UNSUPPORTED = 8
+};
+
+#define TESSERA_MAX_DIMS 4
+
+/* The calling thread's message for the last failed call ("" if none). Valid
+ * until the thread's next failing Tessera call. Never NULL. */
+TESSERA_API const char* tessera_last_error(void);
+/* The code of the last failed call on this thread (negative), 0 if none. */
+TESSERA_API int tessera_last_error_code(void);
+/* Sets the calling thread's error (e.g. from a handler callback before it
+ * returns a negative code). `code` may be given with either sign. Returns -|code|. */
+TESSERA_API int tessera_set_last_error(int code, const char* message);
+/* Static name of an error code, e.g. "stale_handle" (either sign accepted). */
+TESSERA_API const char* tessera_strerror(int code);
+/* Bytes per element of a dtype, 0 for unknown. */
+TESSERA_API size_t tessera_dtype_size(int dtype);
+
+#endif /* TESSERA_CAPI_COMMON_DEFINED */
+
+#define TESSERA_CLIENT_ABI_VERSION 1
+
+typedef struct tessera_client tessera_client_t;  /* opaque */
+typedef uint64_t tessera_block_t;                /* an input block being filled (0 = none) */
+typedef uint64_t tessera_result_id_t;            /* a delivered result (0 = none) */
+
+enum tessera_ordering { TESSERA_ORDER_COMPLETION = 0, TESSERA_ORDER_SUBMISSION = 1 };
+enum tessera_submit_mode { TESSERA_SUBMIT_BLOCK = 0, TESSERA_SUBMIT_FAIL_FAST = 1, TESSERA_SUBMIT_TIMEOUT = 2 };
+enum tessera_outcome { TESSERA_OUTCOME_COMPLETED = 0, TESSERA_OUTCOME_FAILED = 1, TESSERA_OUTCOME_CANCELED = 2 };
+
+typedef struct tessera_size_class {
+  uint64_t block_size;    /* bytes (rounded up to a page) */
+  uint32_t block_count;
+} tessera_size_class_t;
+
+typedef struct tessera_client_options {
+  const tessera_size_class_t* classes;  /* NULL: the default classes (64 KiB .. 4 MiB) */
+  size_t n_classes;
+  uint32_t n_rings;          /* 2 per worker */
+  uint32_t ring_capacity;    /* power of two */
+  int32_t prefault;          /* touch every arena page at creation */
+  uint32_t spin_ns;          /* spin before sleeping when waiting */
+  int32_t sleep;             /* 0: spin until deadlines (benchmarks) */
+  uint32_t max_in_flight;    /* tiles submitted and not yet delivered, all streams */
+  uint32_t worker_window;    /* tiles queued at one worker at once */
+} tessera_client_options_t;
+
+typedef struct tessera_pool_spec {
+  const char* const* argv;          /* worker command line, argv[0] is the executable */
+  size_t argc;
+  int32_t count;                    /* worker processes */
+  const char* const* env;           /* environment additions: key0, value0, key1, value1, ... */
+  size_t n_env;                     /* number of strings in env (even) */
+  const char* const* init_scripts;  /* Appose init steps, in order */
+  size_t n_init_scripts;
+  int32_t max_retries;              /* re-dispatches of a tile whose worker died */
+  int32_t restart;                  /* respawn dead workers */
+  int64_t ready_timeout_ms;
+} tessera_pool_spec_t;
+
+typedef struct tessera_external_worker {
+  int32_t index;     /* worker index in this client */
+  uint32_t slot;     /* TESSERA_SLOT for the process */
+  int32_t arena_fd;  /* the arena descriptor to hand over as TESSERA_ARENA_FD (close-on-exec here) */
+} tessera_external_worker_t;
+
+typedef struct tessera_stream_options {
+  int32_t priority;          /* higher first (visible tiles before prefetch) */
+  int32_t ordering;          /* enum tessera_ordering */
+  uint32_t max_in_flight;    /* per-stream bound (backpressure) */
+  int64_t deadline_ns;       /* per-tile deadline from submit (0 = none) */
+} tessera_stream_options_t;
+
+typedef struct tessera_tile_meta {
+  int32_t dtype;                     /* enum tessera_dtype */
+  uint32_t ndim;                     /* 1..4 */
+  uint32_t dims[TESSERA_MAX_DIMS];
+  uint32_t level;                    /* slide pyramid level (0..255) */
+  int32_t x, y;
+  uint32_t op;                       /* handler selector, opaque to Tessera */
+  uint64_t tag;                      /* returned with the result */
+  int64_t deadline_ns;               /* overrides the stream's (0 = stream default) */
+} tessera_tile_meta_t;
+
+/* One delivered outcome. Pointers (error, data) stay valid until
+ * tessera_client_release_result(id) or tessera_client_destroy(). */
+typedef struct tessera_result {
+  tessera_result_id_t id;
+  uint32_t stream;
+  uint32_t epoch;
+  uint64_t seq;
+  int32_t outcome;                   /* enum tessera_outcome */
+  int32_t status;                    /* enum tessera_tile_status */
+  const char* error;                 /* why, for failed/canceled; "" otherwise */
+  const void* data;                  /* completed: the worker's output, in place (zero copy); else NULL */
+  uint64_t nbytes;
+  int32_t dtype;
+  uint32_t ndim;
+  uint32_t dims[TESSERA_MAX_DIMS];
+  uint64_t arena_offset;             /* data - arena base (same in every process) */
+  tessera_tile_meta_t meta;          /* what was submitted */
+  int32_t worker;                    /* index of the worker that answered, -1: none */
+  uint32_t reserved;
+  double latency_us;                 /* submit -> delivery */
+} tessera_result_t;
+
+typedef struct tessera_stream_stats {
+  uint64_t submitted, queued, running, completed, failed, canceled, retried;
+  double p50_us, p99_us;
+} tessera_stream_stats_t;
+
+TESSERA_API int tessera_client_abi_version(void);
+
+/* Fill defaults (the same as the C++ API's). */
+TESSERA_API void tessera_client_options_init(tessera_client_options_t* opts);
+TESSERA_API void tessera_pool_spec_init(tessera_pool_spec_t* spec);
+TESSERA_API void tessera_stream_options_init(tessera_stream_options_t* opts);
+TESSERA_API void tessera_tile_meta_init(tessera_tile_meta_t* meta);
+
+/* Starts an embedded broker: a fresh arena owned by this client. `opts` may be NULL. */
+TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tessera_client_t** out);
+/* Stops the pool, releases every block and result, frees the client. NULL is ignored. */
+TESSERA_API void tessera_client_destroy(tessera_client_t* c);
+
+/* ---- workers (control path) ---- */
+/* Spawns spec->count workers and returns once each reported ready, or fails with
+ * the worker's own error. -TESSERA_EUNAVAILABLE if this build has no pool support. */
+TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec);
+/* Registers a worker slot and channel for a process the caller starts itself; the
+ * caller then reports its pid (set_worker_pid) and its death (worker_died). */
+TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const char* name, tessera_external_worker_t* out);
+TESSERA_API int tessera_client_set_worker_pid(tessera_client_t* c, int32_t index, int32_t pid);
+/* The worker is gone: its tiles are retried or failed, its blocks reclaimed. */
+TESSERA_API int tessera_client_worker_died(tessera_client_t* c, int32_t index, const char* reason);
+/* Sends SIGKILL to a worker (tests, chaos). */
+TESSERA_API int tessera_client_kill_worker(tessera_client_t* c, int32_t index);
+
+/* ---- streams ---- */
+TESSERA_API int tessera_client_open_stream(tessera_client_t* c, const tessera_stream_options_t* opts, uint32_t* stream);
+/* Cancels everything queued or running in the stream and closes it. */
+TESSERA_API int tessera_client_close_stream(tessera_client_t* c, uint32_t stream);
+
+/* ---- data path ---- */
+/* Allocates an input block of at least `bytes`, waiting up to `timeout_ns`.
+ * *data (writable, *capacity bytes) is where the caller writes the tile in place. */
+TESSERA_API int tessera_client_alloc(tessera_client_t* c, uint64_t bytes, int64_t timeout_ns, void** data,
+                                     uint64_t* capacity, tessera_block_t* block);
+/* Frees a block that will not be submitted. */
+TESSERA_API int tessera_client_free_block(tessera_client_t* c, tessera_block_t block);
+/* Submits a filled block (the handle is used up on success; on failure the
+ * caller still owns it). `timeout_ns` applies to TESSERA_SUBMIT_TIMEOUT (and
+ * bounds BLOCK; 0 means 30 s). *seq (may be NULL) receives the tile's sequence number. */
+TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tessera_block_t block,
+                                      const tessera_tile_meta_t* meta, int32_t mode, int64_t timeout_ns, uint64_t* seq);
+/* Delivers up to `max` outcomes into out[], waiting up to `timeout_ns` for the
+ * first. Returns how many (0 on timeout). Each must be released. */
+TESSERA_API int tessera_client_poll(tessera_client_t* c, tessera_result_t* out, size_t max, int64_t timeout_ns);
+/* Frees a result's output block and error text. */
+TESSERA_API int tessera_client_release_result(tessera_client_t* c, tessera_result_id_t id);
+/* Tiles submitted and not yet delivered (0 for a NULL client). */
+TESSERA_API uint64_t tessera_client_in_flight(const tessera_client_t* c);
+
+/* ---- cancellation ---- */
+TESSERA_API int tessera_client_cancel(tessera_client_t* c, uint32_t stream, uint64_t seq);
+TESSERA_API int tessera_client_cancel_stream(tessera_client_t* c, uint32_t stream);
+/* Starts a new viewport epoch; older tiles are canceled. *epoch (may be NULL) gets the new one. */
+TESSERA_API int tessera_client_advance_epoch(tessera_client_t* c, uint32_t stream, uint32_t* epoch);
+
+TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream, tessera_stream_stats_t* out);
+
+#ifdef __cplusplus
+}  /* extern "C" */
+#endif
+
+#endif /* TESSERA_CLIENT_H_ */
