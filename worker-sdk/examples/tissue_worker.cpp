@@ -46,7 +46,8 @@ void mean(tessera::Worker& w, tessera::Tile& t) {
     w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
     return;
   }
-  out.as<float>()[0] = bytes.empty() ? 0.0f : static_cast<float>(static_cast<double>(sum) / static_cast<double>(bytes.size()));
+  const auto v = out.as<float>();
+  if (!v.empty()) v[0] = bytes.empty() ? 0.0f : static_cast<float>(static_cast<double>(sum) / static_cast<double>(bytes.size()));
   (void)w.publish(t, out);
 }
 
@@ -56,7 +57,8 @@ void trivial(tessera::Worker& w, tessera::Tile& t) {
     w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
     return;
   }
-  out.as<std::uint8_t>()[0] = 1;
+  const auto v = out.as<std::uint8_t>();
+  if (!v.empty()) v[0] = 1;
   (void)w.publish(t, out);
 }
 }  // namespace

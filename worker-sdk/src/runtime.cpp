@@ -126,7 +126,7 @@ Result<std::unique_ptr<WorkerRuntime>> WorkerRuntime::start(RuntimeOptions opts)
       } else if (rq.script == "tessera.stats") {
         boost::json::object o;
         if (self->worker_ != nullptr) {
-          const auto& s = self->worker_->stats();
+          const auto s = self->worker_->stats();
           o["taken"] = s.taken;
           o["published"] = s.published;
           o["failed"] = s.failed;

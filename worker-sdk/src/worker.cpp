@@ -75,6 +75,9 @@ Result<std::unique_ptr<Worker>> Worker::from_env(WorkerOptions opts) {
   if (!slot) return tessera::fail(std::move(slot).error());
   auto arena = Arena::attach_fd(static_cast<int>(*fd), true);
   if (!arena) return tessera::fail(std::move(arena).error());
+  // The broker may tune the wait policy (benchmarks spin longer).
+  if (const char* spin = std::getenv("TESSERA_SPIN_NS"); spin != nullptr && *spin != '\0')
+    opts.wait.spin_ns = static_cast<std::uint32_t>(std::strtoul(spin, nullptr, 10));
   return attach(std::move(*arena), *slot, opts);
 }
 
@@ -136,6 +139,17 @@ bool Worker::any_ready() noexcept {
   return false;
 }
 
+WorkerStats Worker::stats() const noexcept {
+  WorkerStats w;
+  // relaxed: statistics, no ordering with the data path.
+  w.taken = stats_.taken.load(std::memory_order_relaxed);
+  w.published = stats_.published.load(std::memory_order_relaxed);
+  w.failed = stats_.failed.load(std::memory_order_relaxed);
+  w.canceled = stats_.canceled.load(std::memory_order_relaxed);
+  w.rejected = stats_.rejected.load(std::memory_order_relaxed);
+  return w;
+}
+
 void Worker::heartbeat() noexcept {
   // relaxed: a liveness hint read by the supervisor; nothing is published through it.
   arena_.participant(slot_).heartbeat_ns.store(now_ns(), std::memory_order_relaxed);
@@ -153,10 +167,10 @@ bool Worker::admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept {
   t.channel_gen_ = e.generation;
   t.desc_ = d;
   t.input_ = {};
-  ++stats_.taken;
+  stats_.taken.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   const Channel& ch = arena_.channel(e.channel);
   if (d.kind() != fb::Kind::Request || d.stream() >= kMaxStreams) {
-    ++stats_.rejected;
+    stats_.rejected.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     fail(t, TileStatus::BadInput, "descriptor is not a request or its stream id is out of range");
     return false;
   }
@@ -166,19 +180,19 @@ bool Worker::admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept {
   }
   BlockView b;
   if (Errc rc = slab_.resolve(BlockHandle{d.block()}, b); rc != Errc::ok) {
-    ++stats_.rejected;
+    stats_.rejected.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     fail(t, TileStatus::StaleBlock, std::string("input block rejected: ") + errc_name(rc));
     return false;
   }
   if (slab_.owner_of(BlockHandle{d.block()}) != ch.client_slot) {
-    ++stats_.rejected;
+    stats_.rejected.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     fail(t, TileStatus::StaleBlock, "input block is not held by this channel's client");
     return false;
   }
   const Shape shape = desc_shape(d);
   TensorView v(b.data, b.capacity, d.dtype(), shape);
   if (d.ndim() > 4 || !v.valid() || v.nbytes() != d.nbytes()) {
-    ++stats_.rejected;
+    stats_.rejected.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     fail(t, TileStatus::BadInput,
          "input tensor invalid: dtype " + std::string(dtype_name(d.dtype())) + " shape " + shape.str() + ", " +
              std::to_string(d.nbytes()) + " bytes in a block of " + std::to_string(b.capacity));
@@ -266,9 +280,12 @@ Errc Worker::publish(Tile& tile, OutputBlock& out) noexcept {
   set_desc_tensor(reply, out.view_.dtype(), out.view_.shape(), out.view_.nbytes());
   // The block now belongs to the answer: the client adopts it (or the broker reclaims it).
   out.slab_ = nullptr;
+  stats_.published.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic; counted before the client can see it
   const Errc rc = answer(tile, reply);
-  if (rc != Errc::ok) (void)slab_.free(out.block_.handle);
-  else ++stats_.published;
+  if (rc != Errc::ok) {
+    (void)slab_.free(out.block_.handle);
+    stats_.published.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a statistic
+  }
   return rc;
 }
 
@@ -288,7 +305,7 @@ Errc Worker::fail(Tile& tile, TileStatus status, std::string_view message) noexc
   }
   const Errc rc = answer(tile, reply);
   if (rc != Errc::ok && reply.block() != 0) (void)slab_.free(BlockHandle{reply.block()});
-  ++stats_.failed;
+  stats_.failed.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   return rc;
 }
 
@@ -298,7 +315,7 @@ Errc Worker::cancel(Tile& tile) noexcept {
   reply.mutate_kind(fb::Kind::Canceled);
   reply.mutate_status(static_cast<std::uint16_t>(TileStatus::Canceled));
   reply.mutate_block(0);
-  ++stats_.canceled;
+  stats_.canceled.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   return answer(tile, reply);
 }
 

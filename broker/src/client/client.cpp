@@ -63,6 +63,8 @@ using detail::WorkerState;
 Client::Impl::Impl(Arena a, std::uint32_t client_slot, ClientOptions o)
     : arena(std::move(a)), slot(client_slot), opts(std::move(o)), slab(arena, slot), bell(&arena.doorbell(client_slot)) {
   ready.reserve(opts.max_in_flight);
+  workers.reserve(kMaxParticipants);  // never reallocates: references to workers stay valid
+  streams.reserve(kMaxStreams);
   scratch.resize(arena.header().ring_capacity);
   if (opts.worker_window == 0) opts.worker_window = 1;
   opts.worker_window = std::min(opts.worker_window, arena.header().ring_capacity);

@@ -153,12 +153,13 @@ Result<void> Client::start_pool(const PoolSpec& spec) {
   for (int i = 0; i < spec.count; ++i) {
     auto idx = I.new_worker_slot(spec.argv[0], -1);
     if (!idx) return fail(std::move(idx).error());
-    detail::WorkerState& w = I.workers[static_cast<std::size_t>(*idx)];
+    const std::uint32_t wslot = I.workers[static_cast<std::size_t>(*idx)].slot;
+    const std::uint32_t wchannel = I.workers[static_cast<std::size_t>(*idx)].channel;
     WorkerSpec ws;
     ws.argv = spec.argv;
     ws.env = spec.env;
     ws.env["TESSERA_ARENA_FD"] = "3";
-    ws.env["TESSERA_SLOT"] = std::to_string(w.slot);
+    ws.env["TESSERA_SLOT"] = std::to_string(wslot);
     ws.pass_fds = {I.arena.fd()};
     ws.init_scripts = spec.init_scripts;
     ws.init_scripts.push_back("tessera.ready");  // readiness: the arena is attached and the tile loop runs
@@ -169,11 +170,11 @@ Result<void> Client::start_pool(const PoolSpec& spec) {
     auto sid = pool->supervisor().add_worker(std::move(ws));
     if (!sid) {
       // The slot stays registered but unused; release it so nothing leaks.
-      I.arena.close_channel(w.channel);
-      I.arena.release_channel(w.channel);
-      (void)Slab::reclaim(I.arena, w.slot);
-      I.arena.release_participant(w.slot);
-      w.slot = kNoSlot;
+      I.arena.close_channel(wchannel);
+      I.arena.release_channel(wchannel);
+      (void)Slab::reclaim(I.arena, wslot);
+      I.arena.release_participant(wslot);
+      I.workers[static_cast<std::size_t>(*idx)].slot = kNoSlot;
       return fail(sid.error().code, "start_pool: worker " + std::to_string(*idx) + " failed to start: " + sid.error().message);
     }
     pool->map(*idx, *sid);

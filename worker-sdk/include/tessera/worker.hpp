@@ -123,7 +123,8 @@ class Worker {
 
   const Arena& arena() const noexcept { return arena_; }
   std::uint32_t slot() const noexcept { return slot_; }
-  const WorkerStats& stats() const noexcept { return stats_; }
+  // A snapshot; safe from any thread (the protocol thread reports it).
+  WorkerStats stats() const noexcept;
 
  private:
   struct Endpoint {
@@ -148,7 +149,10 @@ class Worker {
   std::uint32_t seen_version_ = ~0u;
   std::uint32_t rr_ = 0;
   std::atomic<bool> stop_{false};
-  WorkerStats stats_{};
+  // Written by the tile thread only, read by the protocol thread: relaxed counters.
+  struct Counters {
+    std::atomic<std::uint64_t> taken{0}, published{0}, failed{0}, canceled{0}, rejected{0};
+  } stats_;
   std::vector<TileDesc> scratch_;
   friend class Tile;
 };
