@@ -52,8 +52,11 @@ PoolSpec pool_for(const OverlayArgs& a) {
   if (a.worker == "cpp") {
     p.argv = {(bin / "tessera-tissue-worker").string()};
   } else if (a.worker == "numpy" || a.worker == "torch") {
-    p.argv = {"/usr/bin/python3", "-m", "tessera.worker", a.worker == "numpy" ? "tessera_examples.numpy_worker:handler"
-                                                                              : "tessera_examples.torch_worker:handler"};
+    if (a.worker == "numpy")
+      p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.numpy_worker:handler"};
+    else
+      p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.torch_worker:handler", "--init",
+                "tessera_examples.torch_worker:init"};
     p.env["PYTHONPATH"] = py.string();
     p.ready_timeout = std::chrono::milliseconds(120'000);  // importing torch takes seconds
   } else {
