@@ -27,7 +27,10 @@ int run_listen(const ListenOptions& lo) {
   }
   o.arena.classes.clear();
   for (auto [size, count] : lo.classes) o.arena.classes.push_back({size, count});
-  if (o.arena.classes.empty()) o.arena = ArenaConfig{};
+  if (o.arena.classes.empty()) {
+    // A default that serves small masks as well as 3 MiB float tiles (about 180 MiB).
+    o.arena.classes = {{4096, 1024}, {64 * 1024, 256}, {256 * 1024, 128}, {1024 * 1024, 64}, {4 * 1024 * 1024, 16}};
+  }
   // Block the stop signals before any thread starts, then wait for one.
   sigset_t set;
   sigemptyset(&set);

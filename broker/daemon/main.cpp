@@ -28,7 +28,17 @@ int main(int argc, char** argv) {
   app.add_option("--workers,-n", lo.workers, "Worker processes (with --listen)")->check(CLI::Range(1, 32));
   app.add_option("--worker-cmd", lo.worker_cmd, "Worker command line (with --listen); default: tessera-tissue-worker")
       ->expected(-1);
+  std::vector<std::string> classes;
+  app.add_option("--class", classes, "Arena size class SIZE:COUNT (repeatable, increasing sizes; with --listen)");
   CLI11_PARSE(app, argc, argv);
+  for (const auto& c : classes) {
+    const auto colon = c.find(':');
+    if (colon == std::string::npos) {
+      std::fprintf(stderr, "--class %s: expected SIZE:COUNT\n", c.c_str());
+      return 2;
+    }
+    lo.classes.emplace_back(std::stoull(c.substr(0, colon)), static_cast<std::uint32_t>(std::stoul(c.substr(colon + 1))));
+  }
 
   // Logs always go to stderr: stdout carries protocol lines or results.
   spdlog::set_default_logger(spdlog::stderr_color_mt("tessera-broker"));

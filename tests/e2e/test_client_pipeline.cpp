@@ -234,3 +234,71 @@ TEST(ClientPipeline, WorkerExitsCleanlyOnStdinEof) {
   Pipeline p(1);
   EXPECT_EQ(p.procs[0].stop(), 0);
 }
+
+TEST(ClientPipeline, HigherPriorityStreamsAreDispatchedFirst) {
+  auto o = small_options();
+  o.worker_window = 1;  // one tile at the worker: the rest queue client-side, where priority applies
+  Pipeline p(1, o);
+  auto low = p.client->open_stream({.priority = 0, .ordering = tessera::Ordering::completion, .max_in_flight = 64}).value();
+  auto high = p.client->open_stream({.priority = 10, .ordering = tessera::Ordering::completion, .max_in_flight = 64}).value();
+  for (int i = 0; i < 20; ++i) submit_tile(*p.client, low, i);
+  for (int i = 0; i < 20; ++i) submit_tile(*p.client, high, 100 + i);
+  auto got = collect(*p.client, 40);
+  ASSERT_EQ(got.size(), 40u);
+  // At most the one low tile already at the worker may finish before the high stream drains.
+  std::size_t last_high = 0, lows_before = 0;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (got[i].stream == high) last_high = i;
+  for (std::size_t i = 0; i < last_high; ++i)
+    if (got[i].stream == low) ++lows_before;
+  EXPECT_LE(lows_before, 1u) << "low-priority tiles overtook the visible ones";
+  for (auto& r : got) EXPECT_EQ(r.outcome, Outcome::completed) << r.error;
+}
+
+TEST(ClientPipeline, ATilePastItsDeadlineFailsAndTheNextOneCompletes) {
+  Pipeline p(1);
+  auto s = p.client->open_stream({.ordering = tessera::Ordering::submission}).value();
+  tessera::InputBlock in;
+  ASSERT_TRUE(p.client->alloc(16 * 16 * 3, in, 5s).has_value());
+  tessera::TileMeta m;
+  m.shape = {16, 16, 3};
+  m.op = 4;  // sleeps 50 ms
+  m.deadline = 10ms;
+  ASSERT_TRUE(p.client->submit(s, in, m).has_value());
+  submit_tile(*p.client, s, 1, 0);
+  auto got = collect(*p.client, 2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].outcome, Outcome::failed);
+  EXPECT_EQ(got[0].status, tessera::TileStatus::Deadline);
+  EXPECT_NE(got[0].error.find("deadline"), std::string::npos);
+  EXPECT_EQ(got[1].outcome, Outcome::completed) << got[1].error;
+  got.clear();
+  // The worker still answers the abandoned tile later; its blocks come back.
+  std::vector<TileResult> none;
+  const auto end = std::chrono::steady_clock::now() + 10s;
+  while (tessera::Slab::count_held(p.client->arena(), tessera::kNoSlot) != 0 && std::chrono::steady_clock::now() < end)
+    p.client->poll(none, 1, 10ms);
+  EXPECT_EQ(tessera::Slab::count_held(p.client->arena(), tessera::kNoSlot), 0u);
+}
+
+TEST(ClientPipeline, FailFastSubmitReportsBackpressureAndMemoryStaysBounded) {
+  Pipeline p(1);
+  auto s = p.client->open_stream({.ordering = tessera::Ordering::completion, .max_in_flight = 8}).value();
+  int accepted = 0, refused = 0;
+  for (int i = 0; i < 50; ++i) {
+    tessera::InputBlock in;
+    ASSERT_TRUE(p.client->alloc(16 * 16 * 3, in, 5s).has_value());
+    auto r = p.client->submit(s, in, {.shape = {16, 16, 3}, .op = 4}, tessera::SubmitMode::fail_fast);
+    if (r) {
+      ++accepted;
+    } else {
+      EXPECT_EQ(r.error().code, tessera::Errc::no_space);
+      ++refused;
+    }
+  }
+  EXPECT_LE(accepted, 8 + 1);
+  EXPECT_GT(refused, 0);
+  EXPECT_LE(p.client->in_flight(), 8u);
+  auto got = collect(*p.client, static_cast<std::size_t>(accepted));
+  EXPECT_EQ(got.size(), static_cast<std::size_t>(accepted));
+}

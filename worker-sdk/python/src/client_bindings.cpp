@@ -140,6 +140,25 @@ void bind_client(py::module_& m) {
           py::arg("ring_capacity") = 1024, py::arg("prefault") = false, py::arg("max_in_flight") = 4096,
           py::arg("worker_window") = 64, py::arg("spin_us") = 50, py::arg("sleep") = true,
           "Starts an embedded broker on a fresh arena. `classes` is a list of (block_size, block_count).")
+      .def_static(
+          "connect",
+          [](const std::string& path, std::uint32_t max_in_flight, std::uint32_t worker_window, std::uint32_t spin_us,
+             bool sleep, double timeout) {
+            ClientOptions o;
+            o.max_in_flight = max_in_flight;
+            o.worker_window = worker_window;
+            o.wait.spin_ns = spin_us * 1000;
+            o.wait.sleep = sleep;
+            auto pc = std::make_shared<PyClient>();
+            py::gil_scoped_release nogil;
+            auto c = Client::connect(path, o, std::chrono::milliseconds(static_cast<std::int64_t>(timeout * 1000)));
+            py::gil_scoped_acquire gil;
+            pc->c = unwrap(std::move(c));
+            return pc;
+          },
+          py::arg("path"), py::arg("max_in_flight") = 4096, py::arg("worker_window") = 64, py::arg("spin_us") = 50,
+          py::arg("sleep") = true, py::arg("timeout") = 10.0,
+          "Connects to a running `tessera-broker --listen PATH` (its arena and workers).")
       .def(
           "add_external_worker",
           [](PyClient& pc, const std::string& name) {

@@ -88,6 +88,16 @@ class Client:
         return cls(_tessera.Client.embedded(list(classes), n_rings, ring_capacity, prefault, max_in_flight,
                                             worker_window, spin_us, sleep))
 
+    @classmethod
+    def connect(cls, path: str, max_in_flight: int = 4096, worker_window: int = 64, spin_us: int = 50,
+                sleep: bool = True, timeout: float = 10.0) -> "Client":
+        """Connects to a running ``tessera-broker --listen PATH``: its arena and its workers.
+
+        The data path is the same as with :meth:`embedded`; the broker process owns the
+        workers (restarts, recovery) and reclaims this client's blocks if it dies.
+        """
+        return cls(_tessera.Client.connect(path, max_in_flight, worker_window, spin_us, sleep, timeout))
+
     # ---- worker pool ----
     def spawn_worker(self, argv: Sequence[str], env: Optional[Mapping[str, str]] = None, name: str = "worker",
                      stderr=None) -> int:
