@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <spdlog/spdlog.h>
+
 #include <tessera/client.hpp>
 
 #include "../common/harness.hpp"
@@ -140,6 +142,7 @@ void run_setup(Context& ctx, const Setup& s, std::uint64_t bytes, bool stream) {
 }
 
 void e2e(Context& ctx) {
+  spdlog::set_level(spdlog::level::warn);  // supervision events would interleave with the table
   const Setup setups[] = {
       {1, true, 1, "spin"}, {2, true, 1, "spin-then-sleep"}, {2, false, 1, "spin-then-sleep"}, {1, true, 2, "spin"}};
   for (const auto& s : setups)
