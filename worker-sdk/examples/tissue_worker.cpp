@@ -6,6 +6,7 @@
 //   op 3 (fail):    always fails (error-path tests).
 //   op 4 (slow):    sleeps 50 ms while honouring cancellation, then answers like op 2.
 // Run by the broker: `tessera-tissue-worker [--threshold N]`.
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -37,10 +38,27 @@ void mask(tessera::Worker& w, tessera::Tile& t) {
   (void)w.publish(t, out);
 }
 
+// Sum of all bytes, 8 at a time (SWAR: two bytes per 16-bit lane, flushed before a lane can overflow).
+std::uint64_t byte_sum(std::span<const std::byte> bytes) noexcept {
+  constexpr std::uint64_t kLo = 0x00FF00FF00FF00FFULL;
+  const std::size_t words = bytes.size() / 8;
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < words;) {
+    std::uint64_t lanes = 0;
+    for (const std::size_t end = std::min(words, i + 128); i < end; ++i) {
+      std::uint64_t x;
+      std::memcpy(&x, bytes.data() + i * 8, 8);
+      lanes += (x & kLo) + ((x >> 8) & kLo);
+    }
+    total += (lanes * 0x0001000100010001ULL) >> 48;
+  }
+  for (std::size_t i = words * 8; i < bytes.size(); ++i) total += static_cast<std::uint8_t>(bytes[i]);
+  return total;
+}
+
 void mean(tessera::Worker& w, tessera::Tile& t) {
   const auto bytes = t.input().bytes();
-  std::uint64_t sum = 0;
-  for (std::byte b : bytes) sum += static_cast<std::uint8_t>(b);
+  const std::uint64_t sum = byte_sum(bytes);
   tessera::OutputBlock out;
   if (w.alloc_output(tessera::DType::Float32, {1}, out) != tessera::AllocStatus::ok) {
     w.fail(t, tessera::TileStatus::NoSpace, "no output block free");
