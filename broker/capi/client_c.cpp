@@ -130,6 +130,25 @@ TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tess
   });
 }
 
+TESSERA_API int tessera_client_connect(const char* socket_path, const tessera_client_options_t* opts,
+                                       tessera_client_t** out) {
+  return guarded("tessera_client_connect", [&] {
+    if (out == nullptr || socket_path == nullptr) return invalid("tessera_client_connect: socket_path or out is NULL");
+    *out = nullptr;
+    tessera::ClientOptions o;
+    if (opts != nullptr) {
+      o.wait.spin_ns = opts->spin_ns;
+      o.wait.sleep = opts->sleep != 0;
+      o.max_in_flight = opts->max_in_flight;
+      o.worker_window = opts->worker_window;
+    }
+    auto c = tessera::Client::connect(socket_path, std::move(o));
+    if (!c) return set_error(c.error());
+    *out = new tessera_client(std::move(*c));
+    return 0;
+  });
+}
+
 TESSERA_API void tessera_client_destroy(tessera_client_t* c) {
   if (c == nullptr || c->magic != tessera_client::kMagic) return;
   try {

@@ -137,7 +137,9 @@ int run(const OverlayArgs& a) {
     return 1;
   }
   const PoolSpec spec = pool_for(a);
-  fmt::print("workers:  {} x {}\n", spec.count, spec.argv.empty() ? "?" : spec.argv.back());
+  std::string cmd;
+  for (const auto& a : spec.argv) cmd += (cmd.empty() ? "" : " ") + a;
+  fmt::print("workers:  {} x {}\n", spec.count, cmd);
   if (auto r = (*client)->start_pool(spec); !r) {
     fmt::print(stderr, "tessera overlay: the worker pool did not start: {}\n", r.error().message);
     return 1;

@@ -97,7 +97,11 @@ static void test_pipeline(void) {
   o.prefault = 0;
   o.worker_window = 16;
   tessera_client_t* c = NULL;
-  int rc = tessera_client_create(&o, &c);
+  /* No broker at that path: a clear error, nothing created. */
+  int rc = tessera_client_connect("/nonexistent-dir/tessera.sock", NULL, &c);
+  CHECK(rc == -TESSERA_EUNAVAILABLE && c == NULL, "connect without a broker rc=%d", rc);
+  CHECK(strstr(tessera_last_error(), "no broker") != NULL, "connect error text: %s", tessera_last_error());
+  rc = tessera_client_create(&o, &c);
   CHECK(rc == 0 && c != NULL, "create rc=%d", rc);
   if (c == NULL) return;
 

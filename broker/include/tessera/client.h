@@ -219,6 +219,10 @@ TESSERA_API void tessera_tile_meta_init(tessera_tile_meta_t* meta);
 
 /* Starts an embedded broker: a fresh arena owned by this client. `opts` may be NULL. */
 TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tessera_client_t** out);
+/* Connects to a running `tessera-broker --listen PATH` (its arena and workers). Only the
+ * wait policy and in-flight limits of `opts` apply; `opts` may be NULL. */
+TESSERA_API int tessera_client_connect(const char* socket_path, const tessera_client_options_t* opts,
+                                       tessera_client_t** out);
 /* Stops the pool, releases every block and result, frees the client. NULL is ignored. */
 TESSERA_API void tessera_client_destroy(tessera_client_t* c);
 
