@@ -138,7 +138,7 @@ int run(const OverlayArgs& a) {
   }
   const PoolSpec spec = pool_for(a);
   std::string cmd;
-  for (const auto& a : spec.argv) cmd += (cmd.empty() ? "" : " ") + a;
+  for (const auto& part : spec.argv) cmd += (cmd.empty() ? "" : " ") + part;
   fmt::print("workers:  {} x {}\n", spec.count, cmd);
   if (auto r = (*client)->start_pool(spec); !r) {
     fmt::print(stderr, "tessera overlay: the worker pool did not start: {}\n", r.error().message);
