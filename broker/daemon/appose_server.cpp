@@ -17,6 +17,8 @@
 #include <set>
 #include <thread>
 
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -134,15 +136,20 @@ class OutputSegments {
         if (name == nullptr || !name->is_string()) return path + ".name is missing or not a string";
         const std::string n(name->get_string());
         if (n.empty() || n.find('/') != std::string::npos || n.size() > 250) return path + ".name is not a valid segment name";
-        const int fd = ::shm_open(("/" + n).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
-        if (fd < 0) return fmt::format("{} names segment '{}' which does not exist ({})", path, n, std::strerror(errno));
-        struct stat sb {};
-        const int rc = ::fstat(fd, &sb);
-        ::close(fd);
+        // Boost.Interprocess names the POSIX segment the same way Appose does (/name in
+        // /dev/shm; glibc's shm_open adds O_NOFOLLOW); it throws, so catch at this boundary.
+        namespace bip = boost::interprocess;
+        bip::offset_t size = -1;
+        try {
+          bip::shared_memory_object seg(bip::open_only, n.c_str(), bip::read_only);
+          if (!seg.get_size(size)) size = -1;
+        } catch (const bip::interprocess_exception& e) {
+          return fmt::format("{} names segment '{}' which does not exist ({})", path, n, e.what());
+        }
         const std::int64_t want = (rsize != nullptr && rsize->is_int64()) ? rsize->get_int64()
                                   : (rsize != nullptr && rsize->is_uint64()) ? static_cast<std::int64_t>(rsize->get_uint64())
                                                                             : -1;
-        if (rc != 0 || want < 0 || sb.st_size < want) {
+        if (size < 0 || want < 0 || static_cast<std::int64_t>(size) < want) {
           return fmt::format("{}: segment '{}' is smaller than its rsize or rsize is invalid", path, n);
         }
         std::lock_guard<std::mutex> lock(mu_);
@@ -164,7 +171,7 @@ class OutputSegments {
     std::size_t n = 0;
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& name : names) {
-      if (names_.erase(name) != 0 && ::shm_unlink(("/" + name).c_str()) == 0) ++n;
+      if (names_.erase(name) != 0 && boost::interprocess::shared_memory_object::remove(name.c_str())) ++n;
     }
     return n;
   }
@@ -172,7 +179,7 @@ class OutputSegments {
   std::size_t release_all() {
     std::lock_guard<std::mutex> lock(mu_);
     std::size_t n = 0;
-    for (const auto& name : names_) n += ::shm_unlink(("/" + name).c_str()) == 0 ? 1 : 0;
+    for (const auto& name : names_) n += boost::interprocess::shared_memory_object::remove(name.c_str()) ? 1 : 0;
     names_.clear();
     return n;
   }
