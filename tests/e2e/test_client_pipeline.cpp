@@ -302,3 +302,33 @@ TEST(ClientPipeline, FailFastSubmitReportsBackpressureAndMemoryStaysBounded) {
   auto got = collect(*p.client, static_cast<std::size_t>(accepted));
   EXPECT_EQ(got.size(), static_cast<std::size_t>(accepted));
 }
+
+TEST(ClientPipeline, BatchSubmitAcceptsEveryTileAndKeepsOrder) {
+  Pipeline p(2);
+  auto s = p.client->open_stream({.ordering = tessera::Ordering::submission, .max_in_flight = 64}).value();
+  constexpr std::size_t kBatch = 32;
+  std::vector<tessera::InputBlock> blocks(kBatch);
+  std::vector<tessera::TileMeta> metas(kBatch);
+  for (std::size_t i = 0; i < kBatch; ++i) {
+    ASSERT_TRUE(p.client->alloc(16 * 16 * 3, blocks[i], 5s).has_value());
+    fill_tile(blocks[i].bytes(), static_cast<int>(i));
+    metas[i].shape = {16, 16, 3};
+    metas[i].x = static_cast<std::int32_t>(i);
+  }
+  auto n = p.client->submit_batch(s, blocks, metas);
+  ASSERT_TRUE(n.has_value()) << n.error().message;
+  EXPECT_EQ(*n, kBatch);
+  for (const auto& b : blocks) EXPECT_FALSE(b.valid()) << "a submitted block must be consumed";
+  auto got = collect(*p.client, kBatch);
+  ASSERT_EQ(got.size(), kBatch);
+  for (std::size_t i = 0; i < kBatch; ++i) {
+    EXPECT_EQ(got[i].seq, i);
+    EXPECT_EQ(got[i].meta.x, static_cast<std::int32_t>(i));
+    EXPECT_EQ(got[i].outcome, Outcome::completed) << got[i].error;
+  }
+  // Mismatched lengths are refused at the call.
+  std::vector<tessera::TileMeta> one(1);
+  auto bad = p.client->submit_batch(s, std::span<tessera::InputBlock>(blocks.data(), 2), one);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().code, tessera::Errc::invalid_argument);
+}

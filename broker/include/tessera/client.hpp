@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -183,6 +184,12 @@ class Client {
   Result<std::uint64_t> submit(std::uint32_t stream, InputBlock& block, const TileMeta& meta,
                                SubmitMode mode = SubmitMode::block,
                                std::chrono::nanoseconds timeout = std::chrono::seconds(30));
+  // Submits blocks[i] with metas[i] in order and wakes each worker once for the whole
+  // batch. Returns how many were accepted (those blocks are consumed); on a partial
+  // batch, blocks from the returned index on are still the caller's.
+  Result<std::size_t> submit_batch(std::uint32_t stream, std::span<InputBlock> blocks, std::span<const TileMeta> metas,
+                                   SubmitMode mode = SubmitMode::block,
+                                   std::chrono::nanoseconds timeout = std::chrono::seconds(30));
   // Delivers up to `max` outcomes (appended to `out`), waiting up to `timeout` for the first.
   std::size_t poll(std::vector<TileResult>& out, std::size_t max, std::chrono::nanoseconds timeout);
   // Tiles submitted and not yet delivered.
@@ -203,6 +210,8 @@ class Client {
 
  private:
   explicit Client(std::unique_ptr<Impl> impl);
+  Result<std::uint64_t> submit_one(std::uint32_t stream, InputBlock& block, const TileMeta& meta, SubmitMode mode,
+                                   std::chrono::nanoseconds timeout);
   std::unique_ptr<Impl> impl_;
   std::uint64_t in_flight_ = 0;
   friend struct Impl;

@@ -636,6 +636,29 @@ Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::na
 
 Result<std::uint64_t> Client::submit(std::uint32_t stream, InputBlock& block, const TileMeta& meta, SubmitMode mode,
                                      std::chrono::nanoseconds timeout) {
+  auto r = submit_one(stream, block, meta, mode, timeout);
+  impl_->pump();
+  return r;
+}
+
+Result<std::size_t> Client::submit_batch(std::uint32_t stream, std::span<InputBlock> blocks, std::span<const TileMeta> metas,
+                                         SubmitMode mode, std::chrono::nanoseconds timeout) {
+  if (blocks.size() != metas.size()) return fail(Errc::invalid_argument, "submit_batch: blocks and metas differ in length");
+  std::size_t n = 0;
+  for (; n < blocks.size(); ++n) {
+    auto r = submit_one(stream, blocks[n], metas[n], mode, timeout);
+    if (!r) {
+      impl_->pump();
+      if (n == 0) return fail(std::move(r).error());
+      return n;  // the first n were accepted; blocks[n..] are still the caller's
+    }
+  }
+  impl_->pump();  // one pump, so each worker gets one wake-up for the whole batch
+  return n;
+}
+
+Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block, const TileMeta& meta, SubmitMode mode,
+                                         std::chrono::nanoseconds timeout) {
   auto& I = *impl_;
   if (stream >= I.streams.size() || !I.streams[stream].open)
     return fail(Errc::closed, "submit: stream " + std::to_string(stream) + " is not open");
@@ -682,7 +705,6 @@ Result<std::uint64_t> Client::submit(std::uint32_t stream, InputBlock& block, co
   ++s.stats.submitted;
   ++in_flight_;
   s.pending.push_back(seq);
-  I.pump();
   return seq;
 }
 
