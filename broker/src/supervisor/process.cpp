@@ -51,9 +51,9 @@ std::string resolve_executable(const std::string& argv0, const std::vector<std::
   std::size_t start = 0;
   while (start <= path.size()) {
     const auto end = path.find(':', start);
-    std::string dir = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
-    if (dir.empty()) dir = ".";
-    std::string cand = dir + "/" + argv0;
+    const std::string dir = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    // An empty PATH entry means the current directory.
+    const std::string cand = (dir.empty() ? std::string(".") : dir) + "/" + argv0;
     if (::access(cand.c_str(), X_OK) == 0) return cand;
     if (end == std::string::npos) break;
     start = end + 1;
