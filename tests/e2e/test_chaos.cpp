@@ -5,6 +5,8 @@
 // computed in-process without the broker, and no block may be held.
 #include <gtest/gtest.h>
 
+#include "e2e_support.hpp"
+
 #include <cstdlib>
 #include <map>
 #include <random>
@@ -17,7 +19,7 @@ using tessera::Client;
 using tessera::Outcome;
 
 namespace {
-const std::string kWorker = std::string(TESSERA_BIN_DIR) + "/tessera-tissue-worker";
+const std::string& kWorker = tessera::test::kExampleWorker;
 
 std::uint64_t seed() {
   if (const char* s = std::getenv("TESSERA_TEST_SEED")) return std::strtoull(s, nullptr, 0);

@@ -2,6 +2,8 @@
 // worker), started through the pool-less external-worker path.
 #include <gtest/gtest.h>
 
+#include "e2e_support.hpp"
+
 #include <csignal>
 #include <map>
 #include <set>
@@ -15,7 +17,7 @@ using tessera::TileResult;
 
 namespace {
 
-const std::string kWorker = std::string(TESSERA_BIN_DIR) + "/tessera-tissue-worker";
+const std::string& kWorker = tessera::test::kExampleWorker;
 
 tessera::ClientOptions small_options() {
   tessera::ClientOptions o;

@@ -4,6 +4,8 @@
 // from the same file without the broker.
 #include <gtest/gtest.h>
 
+#include "e2e_support.hpp"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,7 +20,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kWorker = std::string(TESSERA_BIN_DIR) + "/tessera-tissue-worker";
+const std::string& kWorker = tessera::test::kExampleWorker;
 
 // Minimal little-endian tiled TIFF writer (baseline tags only).
 bool write_tiled_tiff(const std::string& path, const tessera::overlay::Slide& s, int tile) {

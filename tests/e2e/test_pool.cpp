@@ -1,6 +1,8 @@
 // The supervised pool: start, readiness, worker death with respawn, init failure.
 #include <gtest/gtest.h>
 
+#include "e2e_support.hpp"
+
 #include <set>
 
 #include <tessera/client.hpp>
@@ -12,7 +14,7 @@ using tessera::TileResult;
 
 namespace {
 
-const std::string kWorker = std::string(TESSERA_BIN_DIR) + "/tessera-tissue-worker";
+const std::string& kWorker = tessera::test::kExampleWorker;
 
 tessera::ClientOptions opts() {
   tessera::ClientOptions o;

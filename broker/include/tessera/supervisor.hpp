@@ -49,6 +49,10 @@ struct WorkerEvent {
   std::string message;
 };
 
+// "killed by signal 9 (...)" / "exited with code 3", plus the last stderr lines: the
+// reason given for every tile or task a dead worker held.
+std::string describe_exit(const WorkerEvent& e);
+
 // Receives LAUNCH, UPDATEs and exactly one terminal response for a task (its
 // `task` field is the id returned by submit()). Runs on the supervisor thread:
 // it must not block and must not call add_worker()/respawn()/shutdown().

@@ -285,8 +285,10 @@ void Client::Impl::finish(StreamState& s, Record& r, Outcome outcome, TileStatus
   const bool still_at_worker = r.state == Record::State::dispatched && outcome != Outcome::completed &&
                                status != TileStatus::WorkerDied && !r.answered;
   if (still_at_worker) {
-    // The worker may still read the input: keep the block until it answers.
+    // The worker may still read the input: keep the block until it answers (and, past
+    // cancel_grace, escalate: check_timers).
     r.state = Record::State::abandoned;
+    r.abandoned_at = Clock::now();
   } else {
     release_input(r);
     r.state = Record::State::finished;
@@ -484,7 +486,6 @@ void Client::Impl::check_timers() {
       if ((r.state == Record::State::pending || r.state == Record::State::dispatched) &&
           r.deadline != Clock::time_point{} && now >= r.deadline) {
         finish(s, r, Outcome::failed, TileStatus::Deadline, "deadline passed", {});
-        if (r.state == Record::State::abandoned) r.abandoned_at = now;
       } else if (r.state == Record::State::abandoned && r.worker >= 0 && cancel_grace.count() > 0 &&
                  r.abandoned_at != Clock::time_point{} && now - r.abandoned_at > cancel_grace) {
         // Cooperative cancel did not stop it in time: kill and respawn the worker.
@@ -742,7 +743,6 @@ Result<void> Client::cancel(std::uint32_t stream, std::uint64_t seq) {
   if (r.seq != seq || (r.state != Record::State::pending && r.state != Record::State::dispatched))
     return fail(Errc::not_found, "cancel: tile " + std::to_string(seq) + " is not in flight");
   I.finish(s, r, Outcome::canceled, TileStatus::Canceled, "canceled by the client", {});
-  if (r.state == Record::State::abandoned) r.abandoned_at = Clock::now();
   return {};
 }
 
@@ -757,7 +757,6 @@ Result<void> Client::cancel_stream(std::uint32_t stream) {
   for (auto& r : s.records)
     if (r.state == Record::State::pending || r.state == Record::State::dispatched) {
       I.finish(s, r, Outcome::canceled, TileStatus::Canceled, "stream canceled", {});
-      if (r.state == Record::State::abandoned) r.abandoned_at = Clock::now();
     }
   s.pending.clear();
   return {};
@@ -773,7 +772,6 @@ Result<std::uint32_t> Client::advance_epoch(std::uint32_t stream) {
   for (auto& r : s.records) {
     if ((r.state == Record::State::pending || r.state == Record::State::dispatched) && r.epoch < s.epoch) {
       I.finish(s, r, Outcome::canceled, TileStatus::Canceled, "superseded by epoch " + std::to_string(s.epoch), {});
-      if (r.state == Record::State::abandoned) r.abandoned_at = Clock::now();
     }
   }
   return s.epoch;

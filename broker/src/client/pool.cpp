@@ -14,20 +14,6 @@
 #include "client_impl.hpp"
 
 namespace tessera {
-namespace {
-
-std::string describe_death(const WorkerEvent& e) {
-  std::string s = e.signal != 0 ? "killed by signal " + std::to_string(e.signal)
-                                : "exited with code " + std::to_string(e.exit_code);
-  if (!e.message.empty()) s += " (" + e.message + ")";
-  if (!e.stderr_tail.empty()) {
-    s += "; last stderr lines:";
-    for (const auto& l : e.stderr_tail) s += "\n  " + l;
-  }
-  return s;
-}
-
-}  // namespace
 
 // Owns the supervisor and the respawner thread for one client.
 class PoolRuntime {
@@ -83,7 +69,7 @@ class PoolRuntime {
     if (idx < 0) return;  // still inside add_worker: start_pool reports it
     switch (e.kind) {
       case WorkerEventKind::died:
-        impl_.post_event({Client::Impl::Event::Kind::died, idx, 0, describe_death(e)});
+        impl_.post_event({Client::Impl::Event::Kind::died, idx, 0, describe_exit(e)});
         break;
       case WorkerEventKind::gave_up:
         impl_.post_event({Client::Impl::Event::Kind::gave_up, idx, 0, e.message});

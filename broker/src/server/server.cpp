@@ -26,16 +26,6 @@
 
 namespace tessera {
 
-namespace {
-std::string death_text(const WorkerEvent& e) {
-  std::string s = e.signal != 0 ? "killed by signal " + std::to_string(e.signal) : "exited with code " + std::to_string(e.exit_code);
-  if (!e.stderr_tail.empty()) {
-    s += "; last stderr lines:";
-    for (const auto& l : e.stderr_tail) s += "\n  " + l;
-  }
-  return s;
-}
-}  // namespace
 
 class BrokerServer::Impl {
  public:
@@ -322,10 +312,10 @@ class BrokerServer::Impl {
     if (e.kind == WorkerEventKind::died && w.alive) {
       w.alive = false;
       ++st.worker_deaths;
-      spdlog::warn("broker: worker {} died: {}", i, death_text(e));
+      spdlog::warn("broker: worker {} died: {}", i, describe_exit(e));
       // Every client first drains what the worker published and re-dispatches what it held.
       for (auto& [id, c] : clients) w.waiting_acks.insert(id);
-      broadcast({{"type", "worker_died"}, {"index", i}, {"reason", death_text(e)}});
+      broadcast({{"type", "worker_died"}, {"index", i}, {"reason", describe_exit(e)}});
       auto timer = loop->add_timer(opts.recover_timeout, [this, i] {
         WorkerRec& ww = workers[static_cast<std::size_t>(i)];
         if (!ww.waiting_acks.empty()) spdlog::warn("broker: {} client(s) did not confirm recovery of worker {}", ww.waiting_acks.size(), i);

@@ -26,6 +26,17 @@ namespace json = boost::json;
 namespace ap = appose;
 using namespace std::chrono_literals;
 
+std::string describe_exit(const WorkerEvent& e) {
+  std::string s = e.signal != 0 ? "killed by signal " + std::to_string(e.signal)
+                                : "exited with code " + std::to_string(e.exit_code);
+  if (!e.message.empty()) s += " (" + e.message + ")";
+  if (!e.stderr_tail.empty()) {
+    s += "; last stderr lines:";
+    for (const auto& l : e.stderr_tail) s += "\n  " + l;
+  }
+  return s;
+}
+
 const char* to_string(WorkerEventKind k) noexcept {
   switch (k) {
     case WorkerEventKind::ready: return "ready";
