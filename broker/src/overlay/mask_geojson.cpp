@@ -1,0 +1,223 @@
+// Contour tracing ("crack following"): every pixel edge between a foreground and a
+// background pixel is one directed boundary edge, oriented with the foreground on
+// its right (image coordinates, y down). Following them, and turning right where
+// four pixels meet diagonally, gives closed rings that keep 4-connected foreground
+// components apart: one ring of positive shoelace area per component (its outline)
+// and one of negative area per hole. Only the corners are kept, so a ring is exact
+// for the traced raster (no further simplification, hence no self-intersection).
+#include "mask_geojson.hpp"
+
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+
+namespace tessera::overlay::detail {
+namespace {
+
+namespace json = boost::json;
+
+struct Ring {
+  std::vector<std::int64_t> xy;  // corner vertices x0,y0,x1,y1,... (raster pixels), not closed
+  std::int64_t area2 = 0;        // twice the signed shoelace area: > 0 outline, < 0 hole
+  std::uint32_t label = 0;       // provisional component label of a foreground pixel it hugs
+};
+
+class Tracer {
+ public:
+  explicit Tracer(const Raster& r)
+      : r_(r), w_(r.width), h_(r.height),
+        hvis_(static_cast<std::size_t>(w_ * (h_ + 1)), false),
+        vvis_(static_cast<std::size_t>((w_ + 1) * h_), false) {}
+
+  // 4-connected component labels (union-find over a label image).
+  void label() {
+    lab_.assign(static_cast<std::size_t>(w_ * h_), 0);
+    parent_.assign(1, 0);
+    for (std::int64_t y = 0; y < h_; ++y)
+      for (std::int64_t x = 0; x < w_; ++x) {
+        if (!fg(x, y)) continue;
+        const std::uint32_t up = y > 0 ? lab_[idx(x, y - 1)] : 0, left = x > 0 ? lab_[idx(x - 1, y)] : 0;
+        std::uint32_t l;
+        if (up == 0 && left == 0) {
+          l = static_cast<std::uint32_t>(parent_.size());
+          parent_.push_back(l);
+        } else if (up != 0 && left != 0) {
+          const std::uint32_t a = find(up), b = find(left);
+          l = std::min(a, b);
+          parent_[std::max(a, b)] = l;
+        } else {
+          l = up | left;
+        }
+        lab_[idx(x, y)] = l;
+      }
+  }
+
+  std::uint32_t find(std::uint32_t l) {
+    while (parent_[l] != l) {
+      parent_[l] = parent_[parent_[l]];
+      l = parent_[l];
+    }
+    return l;
+  }
+  std::size_t label_count() const { return parent_.size(); }
+
+  // Every ring, in the raster order of its first horizontal edge.
+  template <class F>
+  void trace(F&& on_ring) {
+    for (std::int64_t y = 0; y <= h_; ++y)
+      for (std::int64_t x = 0; x < w_; ++x) {
+        const bool above = fg(x, y - 1), below = fg(x, y);
+        if (above == below || hvis_[static_cast<std::size_t>(y * w_ + x)]) continue;
+        Ring ring;
+        if (below)
+          walk(x, y, kEast, ring);
+        else
+          walk(x + 1, y, kWest, ring);
+        ring.label = lab_[idx(x, below ? y : y - 1)];
+        on_ring(std::move(ring));
+      }
+  }
+
+ private:
+  enum Dir { kEast = 0, kSouth = 1, kWest = 2, kNorth = 3 };
+  std::size_t idx(std::int64_t x, std::int64_t y) const { return static_cast<std::size_t>(y * w_ + x); }
+  bool fg(std::int64_t x, std::int64_t y) const {
+    return x >= 0 && y >= 0 && x < w_ && y < h_ && r_.px[idx(x, y)] != 0;
+  }
+
+  void walk(std::int64_t sx, std::int64_t sy, int sd, Ring& ring) {
+    std::int64_t x = sx, y = sy;
+    int d = sd;
+    do {
+      switch (d) {  // mark the edge leaving (x,y) in direction d, then step
+        case kEast: hvis_[static_cast<std::size_t>(y * w_ + x)] = true; ++x; break;
+        case kSouth: vvis_[static_cast<std::size_t>(y * (w_ + 1) + x)] = true; ++y; break;
+        case kWest: hvis_[static_cast<std::size_t>(y * w_ + x - 1)] = true; --x; break;
+        default: vvis_[static_cast<std::size_t>((y - 1) * (w_ + 1) + x)] = true; --y; break;
+      }
+      // The two pixels ahead of vertex (x,y): ahead-right and ahead-left of heading d.
+      bool ar, al;
+      switch (d) {
+        case kEast: ar = fg(x, y); al = fg(x, y - 1); break;
+        case kSouth: ar = fg(x - 1, y); al = fg(x, y); break;
+        case kWest: ar = fg(x - 1, y - 1); al = fg(x - 1, y); break;
+        default: ar = fg(x, y - 1); al = fg(x - 1, y - 1); break;
+      }
+      const int nd = !ar ? (d + 1) % 4 : (!al ? d : (d + 3) % 4);
+      if (nd != d) {
+        ring.xy.push_back(x);
+        ring.xy.push_back(y);
+      }
+      d = nd;
+    } while (!(x == sx && y == sy && d == sd));
+    const std::size_t n = ring.xy.size() / 2;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t j = (i + 1) % n;
+      ring.area2 += ring.xy[2 * i] * ring.xy[2 * j + 1] - ring.xy[2 * j] * ring.xy[2 * i + 1];
+    }
+  }
+
+  const Raster& r_;
+  std::int64_t w_, h_;
+  std::vector<bool> hvis_, vvis_;  // visited horizontal / vertical boundary edges
+  std::vector<std::uint32_t> lab_, parent_;
+};
+
+// Integral coordinates print as integers; others with the shortest round-trip form.
+json::value coord(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 9.0e15) return json::value(static_cast<std::int64_t>(v));
+  return json::value(v);
+}
+
+json::array ring_coords(const Ring& ring, const GeoJsonSpec& s) {
+  json::array a;
+  const std::size_t n = ring.xy.size() / 2;
+  a.reserve(n + 1);
+  double px = -1, py = -1;
+  for (std::size_t i = 0; i <= n; ++i) {
+    const std::size_t k = i % n;
+    const double x = std::min(static_cast<double>(ring.xy[2 * k]) * s.scale, s.bound_w);
+    const double y = std::min(static_cast<double>(ring.xy[2 * k + 1]) * s.scale, s.bound_h);
+    if (i > 0 && i < n && x == px && y == py) continue;  // clamping at the border can repeat a corner
+    a.push_back(json::array{coord(x), coord(y)});
+    px = x;
+    py = y;
+  }
+  return a;
+}
+
+json::object feature(json::array polygon, const std::string& name, std::initializer_list<int> color) {
+  json::array rgb;
+  for (int c : color) rgb.push_back(c);
+  return json::object{
+      {"type", "Feature"},
+      {"geometry", json::object{{"type", "Polygon"}, {"coordinates", std::move(polygon)}}},
+      {"properties", json::object{{"objectType", "annotation"},
+                                  {"classification", json::object{{"name", name}, {"color", std::move(rgb)}}}}}};
+}
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+
+}  // namespace
+
+Result<void> write_geojson(const std::string& path, const Raster& r, const GeoJsonSpec& spec,
+                           const std::vector<FailedTile>& failed) {
+  // Group rings per component: the outline first, then its holes.
+  std::vector<Ring> rings;
+  Tracer tr(r);
+  tr.label();
+  tr.trace([&](Ring&& ring) { rings.push_back(std::move(ring)); });
+  std::vector<std::int32_t> feature_of(tr.label_count(), -1);
+  std::vector<std::vector<std::size_t>> polys;  // ring indices: [outline, holes...]
+  for (std::size_t i = 0; i < rings.size(); ++i)
+    if (rings[i].area2 > 0) {
+      feature_of[tr.find(rings[i].label)] = static_cast<std::int32_t>(polys.size());
+      polys.push_back({i});
+    }
+  for (std::size_t i = 0; i < rings.size(); ++i)
+    if (rings[i].area2 < 0) {
+      const std::int32_t f = feature_of[tr.find(rings[i].label)];
+      if (f >= 0) polys[static_cast<std::size_t>(f)].push_back(i);
+    }
+
+  std::unique_ptr<std::FILE, FileCloser> out(std::fopen(path.c_str(), "wb"));
+  if (!out) return fail(Error::sys("GeoJSON '" + path + "': cannot open for writing"));
+  bool ok = std::fputs("{\"type\":\"FeatureCollection\",\"features\":[", out.get()) >= 0;
+  bool first = true;
+  auto put = [&](const json::object& f) {
+    if (!first) ok = ok && std::fputc(',', out.get()) != EOF;
+    first = false;
+    const std::string s = json::serialize(f);
+    ok = ok && std::fputs("\n", out.get()) >= 0 && std::fwrite(s.data(), 1, s.size(), out.get()) == s.size();
+  };
+  for (const auto& p : polys) {
+    json::array polygon;
+    for (std::size_t i : p) polygon.push_back(ring_coords(rings[i], spec));
+    put(feature(std::move(polygon), spec.class_name, {20, 210, 90}));
+    if (!ok) break;
+  }
+  for (const auto& f : failed) {
+    if (!ok) break;
+    const double x0 = static_cast<double>(f.x0), y0 = static_cast<double>(f.y0);
+    const double x1 = static_cast<double>(f.x1), y1 = static_cast<double>(f.y1);
+    json::array ring{json::array{coord(x0), coord(y0)}, json::array{coord(x1), coord(y0)},
+                     json::array{coord(x1), coord(y1)}, json::array{coord(x0), coord(y1)},
+                     json::array{coord(x0), coord(y0)}};
+    json::object feat = feature(json::array{std::move(ring)}, "Failed", {230, 40, 40});
+    feat["properties"].as_object()["reason"] = f.why;
+    put(feat);
+  }
+  ok = ok && std::fputs("\n]}\n", out.get()) >= 0 && std::fflush(out.get()) == 0;
+  const int err = errno;
+  if (!ok || std::ferror(out.get())) return fail(Error::sys("GeoJSON '" + path + "': write failed", err));
+  if (std::fclose(out.release()) != 0) return fail(Error::sys("GeoJSON '" + path + "': close failed"));
+  return {};
+}
+
+}  // namespace tessera::overlay::detail

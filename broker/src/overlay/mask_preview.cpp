@@ -1,0 +1,80 @@
+#include "mask_preview.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace tessera::overlay::detail {
+namespace {
+
+// One band of the chosen slide level is read at a time, at most this many bytes
+// (or one preview row, if larger), so the slide is read in few, large regions.
+constexpr double kBandBytes = 32.0 * 1024 * 1024;
+// A slide whose most detailed level under the preview's is more than this many
+// times finer has no usable low level: the preview is then the mask over white,
+// rather than a read of the slide at (near) full resolution.
+constexpr double kMaxLevelRatio = 16.0;
+
+// The slide level to blend over: the largest downsample not above the preview's.
+int pick_level(const Slide& s, double scale) {
+  int best = 0;
+  double best_ds = 0;
+  for (int l = 0; l < s.level_count(); ++l) {
+    const double ds = s.level_size(l).downsample;
+    if (ds <= scale * 1.001 && ds > best_ds) {
+      best = l;
+      best_ds = ds;
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+Result<void> write_mask_preview(const std::string& path, const Raster& m, double scale, const Slide* slide) {
+  const auto pw = static_cast<int>(m.width), ph = static_cast<int>(m.height);
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(pw) * static_cast<std::size_t>(ph) * 3, 255);
+  const int level = slide && slide->level_count() > 0 ? pick_level(*slide, scale) : -1;
+  const double r = level >= 0 ? scale / std::max(slide->level_size(level).downsample, 1e-9) : 0;  // slide px per preview px
+  if (level >= 0 && r <= kMaxLevelRatio) {
+    const auto sw = static_cast<int>(std::ceil(pw * r));
+    const int band = std::max(1, static_cast<int>(kBandBytes / (static_cast<double>(sw) * 3 * std::max(1.0, r))));
+    std::vector<std::uint8_t> rgb;
+    for (int py0 = 0; py0 < ph; py0 += band) {
+      const int py1 = std::min(ph, py0 + band);
+      const auto sy0 = static_cast<std::int64_t>(std::floor(py0 * r));
+      const auto sy1 = std::max(sy0 + 1, static_cast<std::int64_t>(std::floor(py1 * r)));
+      const int sh = static_cast<int>(sy1 - sy0);
+      rgb.resize(static_cast<std::size_t>(sw) * static_cast<std::size_t>(sh) * 3);
+      auto rd = slide->read_region(level, 0, sy0, sw, sh, rgb.data());
+      if (!rd) return fail(Errc::system, "preview '" + path + "': cannot read the slide: " + rd.error().message);
+      for (int py = py0; py < py1; ++py) {
+        const auto ya = static_cast<std::int64_t>(std::floor(py * r)) - sy0;
+        const auto yb = std::min<std::int64_t>(sh, std::max(ya + 1, static_cast<std::int64_t>(std::floor((py + 1) * r)) - sy0));
+        for (int px = 0; px < pw; ++px) {
+          const auto xa = static_cast<std::int64_t>(std::floor(px * r));
+          const auto xb = std::min<std::int64_t>(sw, std::max(xa + 1, static_cast<std::int64_t>(std::floor((px + 1) * r))));
+          std::uint32_t acc[3] = {0, 0, 0}, n = 0;
+          for (std::int64_t y = ya; y < yb; ++y)
+            for (std::int64_t x = xa; x < xb; ++x) {
+              const std::uint8_t* p = &rgb[static_cast<std::size_t>((y * sw + x) * 3)];
+              acc[0] += p[0];
+              acc[1] += p[1];
+              acc[2] += p[2];
+              ++n;
+            }
+          std::uint8_t* o = &out[(static_cast<std::size_t>(py) * static_cast<std::size_t>(pw) + static_cast<std::size_t>(px)) * 3];
+          for (int c = 0; c < 3; ++c) o[c] = static_cast<std::uint8_t>(n ? acc[c] / n : 255);
+        }
+      }
+    }
+  }
+  // Foreground tinted green (55 % slide, 45 % tint), as the run's overlay always was.
+  static constexpr int kTint[3] = {20, 210, 90};
+  for (std::size_t i = 0; i < m.px.size(); ++i)
+    if (m.px[i] != 0)
+      for (int c = 0; c < 3; ++c) out[i * 3 + static_cast<std::size_t>(c)] = static_cast<std::uint8_t>((out[i * 3 + static_cast<std::size_t>(c)] * 55 + kTint[c] * 45) / 100);
+  return write_png(path, out.data(), pw, ph, 3);
+}
+
+}  // namespace tessera::overlay::detail

@@ -1,0 +1,284 @@
+#include "pyramid_tiff.hpp"
+
+#include <tiffio.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+namespace tessera::overlay::detail {
+namespace {
+
+// Deflate level: masks are long runs, so level 1 is within a few percent of level 6
+// in size and several times faster (docs/design/overlay-outputs.md has the numbers).
+constexpr int kDeflateLevel = 1;
+// Level-0 masks above 2 GiB uncompressed are written as BigTIFF (64-bit offsets);
+// classic TIFF stays the default because every reader opens it.
+constexpr std::int64_t kBigTiffPixels = std::int64_t{1} << 31;
+
+TIFF* as_tiff(void* p) { return static_cast<TIFF*>(p); }
+
+int on_tiff_error(TIFF*, void* user, const char* module, const char* fmt, va_list ap) {
+  char msg[512];
+  std::vsnprintf(msg, sizeof msg, fmt, ap);
+  auto* s = static_cast<std::string*>(user);
+  *s = std::string(module ? module : "libtiff") + ": " + msg;
+  return 1;  // handled: nothing on stderr
+}
+
+int on_tiff_warning(TIFF*, void*, const char*, const char*, va_list) { return 1; }
+
+TIFF* open_tiff(const std::string& path, const char* mode, std::string* last_error) {
+  TIFFOpenOptions* opts = TIFFOpenOptionsAlloc();
+  if (!opts) return nullptr;
+  TIFFOpenOptionsSetErrorHandlerExtR(opts, on_tiff_error, last_error);
+  TIFFOpenOptionsSetWarningHandlerExtR(opts, on_tiff_warning, nullptr);
+  TIFF* t = TIFFOpenExt(path.c_str(), mode, opts);
+  TIFFOpenOptionsFree(opts);
+  return t;
+}
+
+struct TiffCloser {
+  void operator()(TIFF* t) const { TIFFClose(t); }
+};
+using TiffPtr = std::unique_ptr<TIFF, TiffCloser>;
+
+}  // namespace
+
+Error PyramidTiff::tiff_error(const std::string& what) const {
+  std::string m = "mask TIFF '" + path_ + "': " + what;
+  if (!last_error_->empty()) m += ": " + *last_error_;
+  if (errno != 0) m += std::string(" (") + std::strerror(errno) + ")";
+  return Error{Errc::system, m};
+}
+
+Result<std::unique_ptr<PyramidTiff>> PyramidTiff::create(const std::string& path, const MaskGeometry& g) {
+  std::unique_ptr<PyramidTiff> p(new PyramidTiff());
+  p->path_ = path;
+  p->g_ = g;
+  p->tile_ = g.tile;
+  p->big_ = g.width * g.height > kBigTiffPixels;
+  std::int64_t w = g.width, h = g.height;
+  for (;;) {
+    Level l;
+    l.width = w;
+    l.height = h;
+    l.cols = (w + g.tile - 1) / g.tile;
+    l.rows = (h + g.tile - 1) / g.tile;
+    l.nonzero.assign(static_cast<std::size_t>(l.cols * l.rows), false);
+    p->levels_.push_back(std::move(l));
+    if (std::max(w, h) <= kSmallestLevelSide) break;
+    w = (w + 1) / 2;
+    h = (h + 1) / 2;
+  }
+  const std::size_t tile_bytes = static_cast<std::size_t>(g.tile) * static_cast<std::size_t>(g.tile);
+  p->written0_.assign(p->levels_[0].nonzero.size(), false);
+  p->buf_.assign(tile_bytes, 0);
+  // The zero tile, compressed once: every absent tile shares these bytes' content.
+  uLongf zlen = compressBound(static_cast<uLong>(tile_bytes));
+  p->zero_.resize(zlen);
+  if (compress2(p->zero_.data(), &zlen, p->buf_.data(), static_cast<uLong>(tile_bytes), kDeflateLevel) != Z_OK)
+    return fail(Errc::system, "mask TIFF '" + path + "': cannot compress the zero tile");
+  p->zero_.resize(zlen);
+
+  errno = 0;
+  p->tif_ = open_tiff(path, p->big_ ? "w8" : "w", p->last_error_.get());
+  if (!p->tif_) return fail(p->tiff_error("cannot open for writing"));
+  auto s = p->set_level_tags(0);
+  if (!s) return fail(std::move(s).error());
+  return p;
+}
+
+PyramidTiff::~PyramidTiff() {
+  if (tif_) TIFFClose(as_tiff(tif_));
+}
+
+int PyramidTiff::level_at_most(std::int64_t side) const noexcept {
+  for (int k = 0; k < level_count(); ++k)
+    if (std::max(level_width(k), level_height(k)) <= side) return k;
+  return level_count() - 1;
+}
+
+Result<void> PyramidTiff::set_level_tags(int k) {
+  TIFF* t = as_tiff(tif_);
+  const Level& l = levels_[static_cast<std::size_t>(k)];
+  bool ok = TIFFSetField(t, TIFFTAG_IMAGEWIDTH, static_cast<std::uint32_t>(l.width)) &&
+            TIFFSetField(t, TIFFTAG_IMAGELENGTH, static_cast<std::uint32_t>(l.height)) &&
+            TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 8) && TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, 1) &&
+            TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, SAMPLEFORMAT_UINT) &&
+            TIFFSetField(t, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK) &&
+            TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG) &&
+            TIFFSetField(t, TIFFTAG_TILEWIDTH, static_cast<std::uint32_t>(tile_)) &&
+            TIFFSetField(t, TIFFTAG_TILELENGTH, static_cast<std::uint32_t>(tile_)) &&
+            TIFFSetField(t, TIFFTAG_COMPRESSION, COMPRESSION_ADOBE_DEFLATE) &&
+            TIFFSetField(t, TIFFTAG_ZIPQUALITY, kDeflateLevel) &&
+            TIFFSetField(t, TIFFTAG_SOFTWARE, "Tessera");
+  // OpenSlide's generic TIFF reader takes every later tiled directory marked
+  // reduced-resolution as a pyramid level.
+  if (k > 0) ok = ok && TIFFSetField(t, TIFFTAG_SUBFILETYPE, FILETYPE_REDUCEDIMAGE);
+  if (k == 0) {
+    char desc[256];
+    std::snprintf(desc, sizeof desc, "Tessera mask: class=%s, analysed-level downsample=%.9g", g_.class_name.c_str(),
+                  g_.downsample);
+    ok = ok && TIFFSetField(t, TIFFTAG_IMAGEDESCRIPTION, desc);
+  }
+  if (g_.mpp_x > 0 && g_.mpp_y > 0) {
+    // Pixels per centimetre of this level: 1e4 um / (um per level-0 pixel * level downsample).
+    const double f = g_.downsample * static_cast<double>(std::int64_t{1} << k);
+    ok = ok && TIFFSetField(t, TIFFTAG_RESOLUTIONUNIT, RESUNIT_CENTIMETER) &&
+         TIFFSetField(t, TIFFTAG_XRESOLUTION, 1e4 / (g_.mpp_x * f)) &&
+         TIFFSetField(t, TIFFTAG_YRESOLUTION, 1e4 / (g_.mpp_y * f));
+  }
+  if (!ok) return fail(tiff_error("cannot set the tags of level " + std::to_string(k)));
+  return {};
+}
+
+// Only for a tile not written yet: libtiff then appends the bytes at the end of the file.
+Result<void> PyramidTiff::write_zero_tile(std::uint32_t index) {
+  errno = 0;
+  if (TIFFWriteRawTile(as_tiff(tif_), index, zero_.data(), static_cast<tmsize_t>(zero_.size())) < 0)
+    return fail(tiff_error("cannot write tile " + std::to_string(index)));
+  return {};
+}
+
+Result<void> PyramidTiff::put_tile(std::int64_t col, std::int64_t row, const std::uint8_t* mask, int cols, int rows,
+                                   std::size_t stride) {
+  if (finished_ || !tif_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': put_tile after finish");
+  Level& l0 = levels_[0];
+  const std::string at = "tile (" + std::to_string(col) + "," + std::to_string(row) + ")";
+  if (col < 0 || row < 0 || col >= l0.cols || row >= l0.rows)
+    return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': " + at + " is outside the " + std::to_string(l0.cols) +
+                                            "x" + std::to_string(l0.rows) + " grid");
+  const std::int64_t max_cols = std::min<std::int64_t>(tile_, l0.width - col * tile_);
+  const std::int64_t max_rows = std::min<std::int64_t>(tile_, l0.height - row * tile_);
+  if (!mask || cols < 1 || rows < 1 || cols > max_cols || rows > max_rows || stride < static_cast<std::size_t>(cols))
+    return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': " + at + ": bad extent " + std::to_string(cols) + "x" +
+                                            std::to_string(rows) + " (stride " + std::to_string(stride) + ")");
+  std::uint8_t any = 0;
+  std::uint8_t* dst = buf_.data();
+  const auto t = static_cast<std::size_t>(tile_);
+  if (cols < tile_ || rows < tile_) std::fill(buf_.begin(), buf_.end(), 0);
+  for (int y = 0; y < rows; ++y) {
+    const std::uint8_t* src = mask + static_cast<std::size_t>(y) * stride;
+    std::memcpy(dst + static_cast<std::size_t>(y) * t, src, static_cast<std::size_t>(cols));
+    for (int x = 0; x < cols; ++x) any |= src[x];
+  }
+  const auto idx = static_cast<std::size_t>(row * l0.cols + col);
+  l0.nonzero[idx] = any != 0;
+  // A background tile costs nothing now (finish() writes the shared zero tile),
+  // unless it replaces one written before: libtiff rewrites a tile only through
+  // the encoder (a raw rewrite would append to the old bytes).
+  if (any == 0 && !written0_[idx]) return {};
+  errno = 0;
+  if (TIFFWriteEncodedTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), dst, static_cast<tmsize_t>(buf_.size())) < 0)
+    return fail(tiff_error("cannot write " + at));
+  written0_[idx] = true;
+  return {};
+}
+
+Result<void> PyramidTiff::build_level(int k) {
+  const Level& up = levels_[static_cast<std::size_t>(k - 1)];
+  Level& l = levels_[static_cast<std::size_t>(k)];
+  errno = 0;
+  TiffPtr rd(open_tiff(path_, "r", last_error_.get()));
+  if (!rd || !TIFFSetDirectory(rd.get(), static_cast<tdir_t>(k - 1)))
+    return fail(tiff_error("cannot read back level " + std::to_string(k - 1)));
+  const auto t = static_cast<std::size_t>(tile_);
+  const std::size_t half = t / 2;
+  std::vector<std::uint8_t> child(t * t);
+  for (std::int64_t r = 0; r < l.rows; ++r)
+    for (std::int64_t c = 0; c < l.cols; ++c) {
+      const auto idx = static_cast<std::size_t>(r * l.cols + c);
+      bool any_child = false;
+      std::fill(buf_.begin(), buf_.end(), 0);
+      for (int dy = 0; dy < 2; ++dy)
+        for (int dx = 0; dx < 2; ++dx) {
+          const std::int64_t cc = 2 * c + dx, cr = 2 * r + dy;
+          if (cc >= up.cols || cr >= up.rows) continue;
+          const auto cidx = static_cast<std::size_t>(cr * up.cols + cc);
+          if (!up.nonzero[cidx]) continue;
+          any_child = true;
+          errno = 0;
+          if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(cidx), child.data(), static_cast<tmsize_t>(child.size())) < 0)
+            return fail(tiff_error("cannot read back tile " + std::to_string(cidx) + " of level " + std::to_string(k - 1)));
+          // Downsample by max: a region one pixel wide stays visible at every level.
+          for (std::size_t y = 0; y < half; ++y) {
+            const std::uint8_t* a = &child[(2 * y) * t];
+            const std::uint8_t* b = a + t;
+            std::uint8_t* o = &buf_[(static_cast<std::size_t>(dy) * half + y) * t + static_cast<std::size_t>(dx) * half];
+            for (std::size_t x = 0; x < half; ++x)
+              o[x] = std::max(std::max(a[2 * x], a[2 * x + 1]), std::max(b[2 * x], b[2 * x + 1]));
+          }
+        }
+      std::uint8_t any = 0;
+      if (any_child)
+        for (std::uint8_t v : buf_) any |= v;
+      if (any == 0) {
+        auto s = write_zero_tile(static_cast<std::uint32_t>(idx));
+        if (!s) return s;
+        continue;
+      }
+      errno = 0;
+      if (TIFFWriteEncodedTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), buf_.data(), static_cast<tmsize_t>(buf_.size())) < 0)
+        return fail(tiff_error("cannot write tile " + std::to_string(idx) + " of level " + std::to_string(k)));
+      l.nonzero[idx] = true;
+    }
+  return {};
+}
+
+Result<void> PyramidTiff::finish() {
+  if (finished_ || !tif_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': finish called twice");
+  finished_ = true;
+  for (std::size_t i = 0; i < written0_.size(); ++i)
+    if (!written0_[i]) {
+      auto s = write_zero_tile(static_cast<std::uint32_t>(i));
+      if (!s) return s;
+    }
+  written0_ = {};
+  errno = 0;
+  if (!TIFFWriteDirectory(as_tiff(tif_))) return fail(tiff_error("cannot write the directory of level 0"));
+  for (int k = 1; k < level_count(); ++k) {
+    auto s = set_level_tags(k);
+    if (s) s = build_level(k);
+    if (!s) return s;
+    errno = 0;
+    if (!TIFFWriteDirectory(as_tiff(tif_))) return fail(tiff_error("cannot write the directory of level " + std::to_string(k)));
+  }
+  TIFFClose(as_tiff(tif_));
+  tif_ = nullptr;
+  return {};
+}
+
+Result<Raster> PyramidTiff::read_level(int k) const {
+  if (!finished_ || tif_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': read_level before finish");
+  errno = 0;
+  TiffPtr rd(open_tiff(path_, "r", last_error_.get()));
+  if (!rd || !TIFFSetDirectory(rd.get(), static_cast<tdir_t>(k)))
+    return fail(tiff_error("cannot read back level " + std::to_string(k)));
+  const Level& l = levels_[static_cast<std::size_t>(k)];
+  Raster r;
+  r.width = l.width;
+  r.height = l.height;
+  r.px.assign(static_cast<std::size_t>(l.width * l.height), 0);
+  const auto t = static_cast<std::size_t>(tile_);
+  std::vector<std::uint8_t> tile(t * t);
+  for (std::int64_t tr = 0; tr < l.rows; ++tr)
+    for (std::int64_t tc = 0; tc < l.cols; ++tc) {
+      const auto idx = static_cast<std::size_t>(tr * l.cols + tc);
+      if (!l.nonzero[idx]) continue;
+      errno = 0;
+      if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(idx), tile.data(), static_cast<tmsize_t>(tile.size())) < 0)
+        return fail(tiff_error("cannot read back tile " + std::to_string(idx) + " of level " + std::to_string(k)));
+      const std::int64_t x0 = tc * tile_, y0 = tr * tile_;
+      const auto n = static_cast<std::size_t>(std::min<std::int64_t>(tile_, l.width - x0));
+      for (std::int64_t y = 0; y < tile_ && y0 + y < l.height; ++y)
+        std::memcpy(&r.px[static_cast<std::size_t>((y0 + y) * l.width + x0)], &tile[static_cast<std::size_t>(y) * t], n);
+    }
+  return r;
+}
+
+}  // namespace tessera::overlay::detail
