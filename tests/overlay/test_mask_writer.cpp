@@ -633,3 +633,28 @@ TEST(MaskWriter, ATilePutTwiceKeepsTheLastOne) {
   EXPECT_EQ(px[100 * 512 + 100], 0);
   EXPECT_EQ(px[100 * 512 + 400], 2);
 }
+
+TEST(MaskWriter, GeoJsonOfVeryManyTinyRegionsIsTracedOnASmallerLevel) {
+  TempDir d;
+  // 4096 px a side would be traced at level 0, but one isolated pixel in every 2 x 2
+  // block there is 4 Mi rings (16 Mi corners, over the 4 Mi budget): the trace moves
+  // to level 1, where the max-downsample makes them one solid square.
+  const auto g = geometry(4096, 4096, 256, 1.0, 0);
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(g.width * g.height), 0);
+  for (std::int64_t y = 0; y < g.height; y += 2)
+    for (std::int64_t x = 0; x < g.width; x += 2) m[static_cast<std::size_t>(y * g.width + x)] = 9;
+  MaskOutputs out;
+  out.geojson = d.file("noise.geojson");
+  auto w = MaskWriter::create(out, g);
+  ASSERT_TRUE(w.has_value()) << w.error().message;
+  put_all(**w, m, g, 13);
+  auto s = (*w)->finish(nullptr);
+  ASSERT_TRUE(s.has_value()) << s.error().message;
+  std::int64_t w1 = 0, h1 = 0;
+  const auto m1 = downsample_max(m, g.width, g.height, w1, h1);
+  int holes = 0, features = 0;
+  const double area = polygon_area(json::parse(slurp(out.geojson)), 4096, 4096, &holes, &features);
+  EXPECT_DOUBLE_EQ(area, static_cast<double>(count_nonzero(m1)) * 4.0);
+  EXPECT_EQ(features, 1);
+  EXPECT_EQ(holes, 0);
+}

@@ -20,10 +20,18 @@ namespace {
 
 namespace json = boost::json;
 
+// All rings' corners live in one pool (x, y as uint16: the traced raster is at most
+// 65535 px a side), so a mask of many tiny regions costs 4 bytes a corner plus one
+// Ring record, not one heap block per ring.
 struct Ring {
-  std::vector<std::int64_t> xy;  // corner vertices x0,y0,x1,y1,... (raster pixels), not closed
-  std::int64_t area2 = 0;        // twice the signed shoelace area: > 0 outline, < 0 hole
-  std::uint32_t label = 0;       // provisional component label of a foreground pixel it hugs
+  std::size_t first = 0;     // index of its first corner in the pool
+  std::uint32_t count = 0;   // corners (the ring is closed implicitly)
+  std::uint32_t label = 0;   // provisional component label of a foreground pixel it hugs
+  std::int64_t area2 = 0;    // twice the signed shoelace area: > 0 outline, < 0 hole
+};
+
+struct Corner {
+  std::uint16_t x, y;
 };
 
 class Tracer {
@@ -65,21 +73,30 @@ class Tracer {
   }
   std::size_t label_count() const { return parent_.size(); }
 
-  // Every ring, in the raster order of its first horizontal edge.
-  template <class F>
-  void trace(F&& on_ring) {
+  // Every ring, in the raster order of its first horizontal edge; false when the
+  // corners exceed `max_corners` (the caller then traces a smaller level).
+  bool trace(std::vector<Ring>& rings, std::vector<Corner>& pool, std::size_t max_corners) {
     for (std::int64_t y = 0; y <= h_; ++y)
       for (std::int64_t x = 0; x < w_; ++x) {
         const bool above = fg(x, y - 1), below = fg(x, y);
         if (above == below || hvis_[static_cast<std::size_t>(y * w_ + x)]) continue;
         Ring ring;
+        ring.first = pool.size();
         if (below)
-          walk(x, y, kEast, ring);
+          walk(x, y, kEast, pool);
         else
-          walk(x + 1, y, kWest, ring);
+          walk(x + 1, y, kWest, pool);
+        ring.count = static_cast<std::uint32_t>(pool.size() - ring.first);
         ring.label = lab_[idx(x, below ? y : y - 1)];
-        on_ring(std::move(ring));
+        for (std::uint32_t i = 0; i < ring.count; ++i) {
+          const Corner& a = pool[ring.first + i];
+          const Corner& b = pool[ring.first + (i + 1) % ring.count];
+          ring.area2 += std::int64_t{a.x} * b.y - std::int64_t{b.x} * a.y;
+        }
+        rings.push_back(ring);
+        if (pool.size() > max_corners) return false;
       }
+    return true;
   }
 
  private:
@@ -89,7 +106,7 @@ class Tracer {
     return x >= 0 && y >= 0 && x < w_ && y < h_ && r_.px[idx(x, y)] != 0;
   }
 
-  void walk(std::int64_t sx, std::int64_t sy, int sd, Ring& ring) {
+  void walk(std::int64_t sx, std::int64_t sy, int sd, std::vector<Corner>& pool) {
     std::int64_t x = sx, y = sy;
     int d = sd;
     do {
@@ -108,17 +125,9 @@ class Tracer {
         default: ar = fg(x, y - 1); al = fg(x - 1, y - 1); break;
       }
       const int nd = !ar ? (d + 1) % 4 : (!al ? d : (d + 3) % 4);
-      if (nd != d) {
-        ring.xy.push_back(x);
-        ring.xy.push_back(y);
-      }
+      if (nd != d) pool.push_back(Corner{static_cast<std::uint16_t>(x), static_cast<std::uint16_t>(y)});
       d = nd;
     } while (!(x == sx && y == sy && d == sd));
-    const std::size_t n = ring.xy.size() / 2;
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::size_t j = (i + 1) % n;
-      ring.area2 += ring.xy[2 * i] * ring.xy[2 * j + 1] - ring.xy[2 * j] * ring.xy[2 * i + 1];
-    }
   }
 
   const Raster& r_;
@@ -133,15 +142,15 @@ json::value coord(double v) {
   return json::value(v);
 }
 
-json::array ring_coords(const Ring& ring, const GeoJsonSpec& s) {
+json::array ring_coords(const Ring& ring, const std::vector<Corner>& pool, const GeoJsonSpec& s) {
   json::array a;
-  const std::size_t n = ring.xy.size() / 2;
+  const std::size_t n = ring.count;
   a.reserve(n + 1);
   double px = -1, py = -1;
   for (std::size_t i = 0; i <= n; ++i) {
-    const std::size_t k = i % n;
-    const double x = std::min(static_cast<double>(ring.xy[2 * k]) * s.scale, s.bound_w);
-    const double y = std::min(static_cast<double>(ring.xy[2 * k + 1]) * s.scale, s.bound_h);
+    const Corner& c = pool[ring.first + i % n];
+    const double x = std::min(static_cast<double>(c.x) * s.scale, s.bound_w);
+    const double y = std::min(static_cast<double>(c.y) * s.scale, s.bound_h);
     if (i > 0 && i < n && x == px && y == py) continue;  // clamping at the border can repeat a corner
     a.push_back(json::array{coord(x), coord(y)});
     px = x;
@@ -169,10 +178,15 @@ struct FileCloser {
 Result<void> write_geojson(const std::string& path, const Raster& r, const GeoJsonSpec& spec,
                            const std::vector<FailedTile>& failed) {
   // Group rings per component: the outline first, then its holes.
+  if (r.width > 65535 || r.height > 65535)
+    return fail(Errc::invalid_argument, "GeoJSON '" + path + "': traced level too large");
   std::vector<Ring> rings;
+  std::vector<Corner> pool;
   Tracer tr(r);
   tr.label();
-  tr.trace([&](Ring&& ring) { rings.push_back(std::move(ring)); });
+  if (!tr.trace(rings, pool, spec.max_corners))
+    return fail(Errc::no_space, "GeoJSON '" + path + "': more than " + std::to_string(spec.max_corners) +
+                                    " polygon corners at this level");
   std::vector<std::int32_t> feature_of(tr.label_count(), -1);
   std::vector<std::vector<std::size_t>> polys;  // ring indices: [outline, holes...]
   for (std::size_t i = 0; i < rings.size(); ++i)
@@ -198,7 +212,7 @@ Result<void> write_geojson(const std::string& path, const Raster& r, const GeoJs
   };
   for (const auto& p : polys) {
     json::array polygon;
-    for (std::size_t i : p) polygon.push_back(ring_coords(rings[i], spec));
+    for (std::size_t i : p) polygon.push_back(ring_coords(rings[i], pool, spec));
     put(feature(std::move(polygon), spec.class_name, {20, 210, 90}));
     if (!ok) break;
   }

@@ -22,9 +22,13 @@ struct GeoJsonSpec {
   double scale = 1.0;              // level-0 pixels per pixel of the traced raster
   double bound_w = 0, bound_h = 0; // level-0 extent: every coordinate is clamped into it
   std::string class_name = "Tissue";
+  // Corner budget (4 bytes each, plus a 24-byte record per ring of >= 4 corners):
+  // past it, write_geojson fails with Errc::no_space and writes nothing useful.
+  std::size_t max_corners = std::size_t{4} << 20;
 };
 
 // Writes the FeatureCollection to `path` (an existing temp file, overwritten).
+// Errc::no_space: the regions need more corners than spec.max_corners at this level.
 Result<void> write_geojson(const std::string& path, const Raster& r, const GeoJsonSpec& spec,
                            const std::vector<FailedTile>& failed);
 

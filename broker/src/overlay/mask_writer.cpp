@@ -86,8 +86,10 @@ class Writer final : public MaskWriter {
   Result<void> finish(const Slide* slide) override {
     if (!pyramid_) return fail(Errc::invalid_argument, "mask writer: finish called twice");
     auto s = pyramid_->finish();
-    if (s && geojson_.active()) {
-      const int k = pyramid_->level_at_most(kTraceMaxSide);
+    // The GeoJSON is traced on the most detailed level of at most 4096 px whose
+    // regions fit the corner budget; a mask of very many tiny regions moves to a
+    // smaller level (the smallest, <= 1024 px, always fits: <= 2^20 corners).
+    for (int k = pyramid_->level_at_most(kTraceMaxSide); s && geojson_.active(); ++k) {
       auto r = pyramid_->read_level(k);
       if (!r) return fail(std::move(r).error());
       detail::GeoJsonSpec spec;
@@ -95,7 +97,10 @@ class Writer final : public MaskWriter {
       spec.bound_w = static_cast<double>(g_.width) * g_.downsample;
       spec.bound_h = static_cast<double>(g_.height) * g_.downsample;
       spec.class_name = g_.class_name;
+      if (k + 1 >= pyramid_->level_count()) spec.max_corners = std::numeric_limits<std::size_t>::max();
       s = detail::write_geojson(geojson_.temp_path(), *r, spec, failed_);
+      if (s || s.error().code != Errc::no_space) break;
+      s = {};
     }
     if (s && png_.active()) {
       const int k = pyramid_->level_at_most(kPreviewMaxSide);
