@@ -10,6 +10,7 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -136,37 +137,76 @@ class Tracer {
   std::vector<std::uint32_t> lab_, parent_;
 };
 
-// Integral coordinates print as integers; others with the shortest round-trip form.
-json::value coord(double v) {
-  if (v == std::floor(v) && std::fabs(v) < 9.0e15) return json::value(static_cast<std::int64_t>(v));
-  return json::value(v);
-}
+// Coordinates are written straight to the file, so a feature of millions of corners
+// costs no JSON tree; integral values print as integers, others in the shortest
+// round-trip form (std::to_chars). The properties (names, reasons) go through Boost.JSON,
+// which escapes them.
+class FeatureOut {
+ public:
+  explicit FeatureOut(std::FILE* f) : f_(f) {}
+  bool ok() const { return ok_; }
 
-json::array ring_coords(const Ring& ring, const std::vector<Corner>& pool, const GeoJsonSpec& s) {
-  json::array a;
+  void begin_feature() {
+    put(first_feature_ ? "\n" : ",\n");
+    first_feature_ = false;
+    put(R"({"type":"Feature","geometry":{"type":"Polygon","coordinates":[)");
+    first_ring_ = true;
+  }
+  void begin_ring() {
+    put(first_ring_ ? "[" : ",[");
+    first_ring_ = false;
+    first_point_ = true;
+  }
+  void point(double x, double y) {
+    char b[64];
+    char* p = b;
+    *p++ = first_point_ ? '[' : ',';
+    if (!first_point_) *p++ = '[';
+    first_point_ = false;
+    p = number(p, b + sizeof b, x);
+    *p++ = ',';
+    p = number(p, b + sizeof b, y);
+    *p++ = ']';
+    ok_ = ok_ && std::fwrite(b, 1, static_cast<std::size_t>(p - b), f_) == static_cast<std::size_t>(p - b);
+  }
+  void end_ring() { put("]"); }
+  void end_feature(const json::object& properties) {
+    put(R"(]},"properties":)");
+    put(json::serialize(properties));
+    put("}");
+  }
+  void put(const std::string& s) { ok_ = ok_ && std::fwrite(s.data(), 1, s.size(), f_) == s.size(); }
+
+ private:
+  static char* number(char* p, char* end, double v) {
+    if (v == std::floor(v) && std::fabs(v) < 9.0e15) return std::to_chars(p, end, static_cast<std::int64_t>(v)).ptr;
+    return std::to_chars(p, end, v).ptr;
+  }
+  std::FILE* f_;
+  bool ok_ = true, first_feature_ = true, first_ring_ = true, first_point_ = true;
+};
+
+void write_ring(FeatureOut& out, const Ring& ring, const std::vector<Corner>& pool, const GeoJsonSpec& s) {
+  out.begin_ring();
   const std::size_t n = ring.count;
-  a.reserve(n + 1);
   double px = -1, py = -1;
   for (std::size_t i = 0; i <= n; ++i) {
     const Corner& c = pool[ring.first + i % n];
     const double x = std::min(static_cast<double>(c.x) * s.scale, s.bound_w);
     const double y = std::min(static_cast<double>(c.y) * s.scale, s.bound_h);
     if (i > 0 && i < n && x == px && y == py) continue;  // clamping at the border can repeat a corner
-    a.push_back(json::array{coord(x), coord(y)});
+    out.point(x, y);
     px = x;
     py = y;
   }
-  return a;
+  out.end_ring();
 }
 
-json::object feature(json::array polygon, const std::string& name, std::initializer_list<int> color) {
+json::object properties(const std::string& name, std::initializer_list<int> color) {
   json::array rgb;
   for (int c : color) rgb.push_back(c);
-  return json::object{
-      {"type", "Feature"},
-      {"geometry", json::object{{"type", "Polygon"}, {"coordinates", std::move(polygon)}}},
-      {"properties", json::object{{"objectType", "annotation"},
-                                  {"classification", json::object{{"name", name}, {"color", std::move(rgb)}}}}}};
+  return json::object{{"objectType", "annotation"},
+                      {"classification", json::object{{"name", name}, {"color", std::move(rgb)}}}};
 }
 
 struct FileCloser {
@@ -202,31 +242,32 @@ Result<void> write_geojson(const std::string& path, const Raster& r, const GeoJs
 
   std::unique_ptr<std::FILE, FileCloser> out(std::fopen(path.c_str(), "wb"));
   if (!out) return fail(Error::sys("GeoJSON '" + path + "': cannot open for writing"));
-  bool ok = std::fputs("{\"type\":\"FeatureCollection\",\"features\":[", out.get()) >= 0;
-  bool first = true;
-  auto put = [&](const json::object& f) {
-    if (!first) ok = ok && std::fputc(',', out.get()) != EOF;
-    first = false;
-    const std::string s = json::serialize(f);
-    ok = ok && std::fputs("\n", out.get()) >= 0 && std::fwrite(s.data(), 1, s.size(), out.get()) == s.size();
-  };
+  FeatureOut fo(out.get());
+  fo.put(R"({"type":"FeatureCollection","features":[)");
+  const json::object tissue = properties(spec.class_name, {20, 210, 90});
   for (const auto& p : polys) {
-    json::array polygon;
-    for (std::size_t i : p) polygon.push_back(ring_coords(rings[i], pool, spec));
-    put(feature(std::move(polygon), spec.class_name, {20, 210, 90}));
-    if (!ok) break;
+    if (!fo.ok()) break;
+    fo.begin_feature();
+    for (std::size_t i : p) write_ring(fo, rings[i], pool, spec);
+    fo.end_feature(tissue);
   }
   for (const auto& f : failed) {
-    if (!ok) break;
+    if (!fo.ok()) break;
     const double x0 = static_cast<double>(f.x0), y0 = static_cast<double>(f.y0);
     const double x1 = static_cast<double>(f.x1), y1 = static_cast<double>(f.y1);
-    json::array ring{json::array{coord(x0), coord(y0)}, json::array{coord(x1), coord(y0)},
-                     json::array{coord(x1), coord(y1)}, json::array{coord(x0), coord(y1)},
-                     json::array{coord(x0), coord(y0)}};
-    json::object feat = feature(json::array{std::move(ring)}, "Failed", {230, 40, 40});
-    feat["properties"].as_object()["reason"] = f.why;
-    put(feat);
+    fo.begin_feature();
+    fo.begin_ring();
+    fo.point(x0, y0);
+    fo.point(x1, y0);
+    fo.point(x1, y1);
+    fo.point(x0, y1);
+    fo.point(x0, y0);
+    fo.end_ring();
+    json::object props = properties("Failed", {230, 40, 40});
+    props["reason"] = f.why;
+    fo.end_feature(props);
   }
+  bool ok = fo.ok();
   ok = ok && std::fputs("\n]}\n", out.get()) >= 0 && std::fflush(out.get()) == 0;
   const int err = errno;
   if (!ok || std::ferror(out.get())) return fail(Error::sys("GeoJSON '" + path + "': write failed", err));
