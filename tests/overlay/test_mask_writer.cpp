@@ -2,14 +2,11 @@
 // readers users have: libtiff and OpenSlide for the pyramid, Boost.JSON for the
 // GeoJSON, libpng for the preview. Also atomicity (destroyed / killed writers leave
 // no final file), the memory bound on a 131072 x 131072 mask, and the error cases.
-#include <gtest/gtest.h>
-
 #include <png.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <tiffio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,11 +17,13 @@
 #include <sstream>
 
 #include <boost/json.hpp>
+#include <gtest/gtest.h>
 
 #include <tessera/overlay.hpp>
 
 #include "mask_writer.hpp"
 #include "test_support.hpp"
+#include <tiffio.h>
 
 #ifdef TESSERA_HAVE_OPENSLIDE
 #include <openslide.h>
@@ -61,8 +60,10 @@ std::vector<std::uint8_t> make_mask(std::int64_t w, std::int64_t h, std::uint64_
   std::vector<std::uint8_t> m(static_cast<std::size_t>(w * h), 0);
   std::mt19937_64 rng(seed);
   auto disc = [&](double cx, double cy, double r, std::uint8_t v, double hole) {
-    for (std::int64_t y = std::max<std::int64_t>(0, static_cast<std::int64_t>(cy - r)); y < std::min<std::int64_t>(h, static_cast<std::int64_t>(cy + r) + 1); ++y)
-      for (std::int64_t x = std::max<std::int64_t>(0, static_cast<std::int64_t>(cx - r)); x < std::min<std::int64_t>(w, static_cast<std::int64_t>(cx + r) + 1); ++x) {
+    for (std::int64_t y = std::max<std::int64_t>(0, static_cast<std::int64_t>(cy - r));
+         y < std::min<std::int64_t>(h, static_cast<std::int64_t>(cy + r) + 1); ++y)
+      for (std::int64_t x = std::max<std::int64_t>(0, static_cast<std::int64_t>(cx - r));
+           x < std::min<std::int64_t>(w, static_cast<std::int64_t>(cx + r) + 1); ++x) {
         const double d = std::hypot(static_cast<double>(x) - cx, static_cast<double>(y) - cy);
         if (d <= r && d >= hole) m[static_cast<std::size_t>(y * w + x)] = v;
       }
@@ -71,13 +72,14 @@ std::vector<std::uint8_t> make_mask(std::int64_t w, std::int64_t h, std::uint64_
   std::uniform_int_distribution<int> uv(1, 255);
   for (int i = 0; i < 12; ++i) disc(ux(rng), uy(rng), ur(rng), static_cast<std::uint8_t>(uv(rng)), 0);
   disc(static_cast<double>(w) / 2, static_cast<double>(h) / 2, 150, 200, 60);  // a ring: one polygon with a hole
-  for (int i = 0; i < 40; ++i) m[static_cast<std::size_t>(static_cast<std::int64_t>(uy(rng)) * w + static_cast<std::int64_t>(ux(rng)))] = 255;
+  for (int i = 0; i < 40; ++i)
+    m[static_cast<std::size_t>(static_cast<std::int64_t>(uy(rng)) * w + static_cast<std::int64_t>(ux(rng)))] = 255;
   return m;
 }
 
 // The writer's downsample: 2x2 max, zero beyond the edge.
-std::vector<std::uint8_t> downsample_max(const std::vector<std::uint8_t>& m, std::int64_t w, std::int64_t h, std::int64_t& ow,
-                                         std::int64_t& oh) {
+std::vector<std::uint8_t> downsample_max(const std::vector<std::uint8_t>& m, std::int64_t w, std::int64_t h,
+                                         std::int64_t& ow, std::int64_t& oh) {
   ow = (w + 1) / 2;
   oh = (h + 1) / 2;
   std::vector<std::uint8_t> o(static_cast<std::size_t>(ow * oh), 0);
@@ -102,7 +104,8 @@ void put_all(MaskWriter& w, const std::vector<std::uint8_t>& m, const MaskGeomet
     const int th = static_cast<int>(std::min<std::int64_t>(g.tile, g.height - r * g.tile));
     bool any = false;
     for (int y = 0; y < th && !any; ++y)
-      for (int x = 0; x < tw && !any; ++x) any = m[static_cast<std::size_t>((r * g.tile + y) * g.width + c * g.tile + x)] != 0;
+      for (int x = 0; x < tw && !any; ++x)
+        any = m[static_cast<std::size_t>((r * g.tile + y) * g.width + c * g.tile + x)] != 0;
     if (!any && (c + r) % 2 == 0) continue;  // half of the background tiles are never put
     auto s = w.put_tile(c, r, &m[static_cast<std::size_t>(r * g.tile * g.width + c * g.tile)], tw, th,
                         static_cast<std::size_t>(g.width));
@@ -473,30 +476,33 @@ TEST(MaskWriter, PeakMemoryStaysBoundedOnA131072SquareMask) {
   MaskOutputs out{d.file("big.tif"), d.file("big.geojson"), d.file("big.png")};
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
-  const int st = in_child([&] {
-    const auto g = geometry(131072, 131072, 256, 1.0, 0.5);
-    auto w = MaskWriter::create(out, g);
-    if (!w) return 2;
-    // Three tissue regions of 12 x 12 tiles (a disc each), everything else background.
-    std::vector<std::uint8_t> tile(256 * 256);
-    for (int region = 0; region < 3; ++region) {
-      const std::int64_t c0 = 40 + region * 150, r0 = 60 + region * 130;
-      for (std::int64_t r = r0; r < r0 + 12; ++r)
-        for (std::int64_t c = c0; c < c0 + 12; ++c) {
-          for (int y = 0; y < 256; ++y)
-            for (int x = 0; x < 256; ++x) {
-              const double dx = static_cast<double>((c - c0) * 256 + x) - 1536, dy = static_cast<double>((r - r0) * 256 + y) - 1536;
-              tile[static_cast<std::size_t>(y * 256 + x)] = dx * dx + dy * dy < 1500.0 * 1500.0 ? 1 : 0;
+  const int st = in_child(
+      [&] {
+        const auto g = geometry(131072, 131072, 256, 1.0, 0.5);
+        auto w = MaskWriter::create(out, g);
+        if (!w) return 2;
+        // Three tissue regions of 12 x 12 tiles (a disc each), everything else background.
+        std::vector<std::uint8_t> tile(256 * 256);
+        for (int region = 0; region < 3; ++region) {
+          const std::int64_t c0 = 40 + region * 150, r0 = 60 + region * 130;
+          for (std::int64_t r = r0; r < r0 + 12; ++r)
+            for (std::int64_t c = c0; c < c0 + 12; ++c) {
+              for (int y = 0; y < 256; ++y)
+                for (int x = 0; x < 256; ++x) {
+                  const double dx = static_cast<double>((c - c0) * 256 + x) - 1536,
+                               dy = static_cast<double>((r - r0) * 256 + y) - 1536;
+                  tile[static_cast<std::size_t>(y * 256 + x)] = dx * dx + dy * dy < 1500.0 * 1500.0 ? 1 : 0;
+                }
+              if (!(*w)->put_tile(c, r, tile.data(), 256, 256, 256)) return 3;
             }
-          if (!(*w)->put_tile(c, r, tile.data(), 256, 256, 256)) return 3;
         }
-    }
-    if (!(*w)->finish(nullptr)) return 4;
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    const long kib = ru.ru_maxrss;
-    return write(fds[1], &kib, sizeof kib) == sizeof kib ? 0 : 5;
-  }, 150);
+        if (!(*w)->finish(nullptr)) return 4;
+        rusage ru{};
+        getrusage(RUSAGE_SELF, &ru);
+        const long kib = ru.ru_maxrss;
+        return write(fds[1], &kib, sizeof kib) == sizeof kib ? 0 : 5;
+      },
+      150);
   close(fds[1]);
   long kib = 0;
   ASSERT_EQ(read(fds[0], &kib, sizeof kib), static_cast<ssize_t>(sizeof kib));
@@ -603,7 +609,7 @@ TEST(MaskWriter, BadGeometryAndBadTilesAreErrors) {
   auto w = MaskWriter::create(out, geometry(600, 300, 256, 1, 0));
   ASSERT_TRUE(w.has_value()) << w.error().message;
   std::vector<std::uint8_t> tile(256 * 256, 1);
-  EXPECT_FALSE((*w)->put_tile(3, 0, tile.data(), 88, 256, 256).has_value());   // outside the 3 x 2 grid
+  EXPECT_FALSE((*w)->put_tile(3, 0, tile.data(), 88, 256, 256).has_value());  // outside the 3 x 2 grid
   EXPECT_FALSE((*w)->put_tile(-1, 0, tile.data(), 256, 256, 256).has_value());
   EXPECT_FALSE((*w)->put_tile(2, 0, tile.data(), 256, 256, 256).has_value());  // the last column is 88 wide
   EXPECT_FALSE((*w)->put_tile(0, 0, tile.data(), 256, 256, 100).has_value());  // stride < cols

@@ -57,7 +57,9 @@ AtomicOutput& AtomicOutput::operator=(AtomicOutput&& o) noexcept {
   return *this;
 }
 
-AtomicOutput::~AtomicOutput() { discard(); }
+AtomicOutput::~AtomicOutput() {
+  discard();
+}
 
 void AtomicOutput::discard() noexcept {
   if (!temp_.empty()) ::unlink(temp_.c_str());

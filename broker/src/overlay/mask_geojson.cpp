@@ -7,14 +7,14 @@
 // for the traced raster (no further simplification, hence no self-intersection).
 #include "mask_geojson.hpp"
 
-#include <boost/json.hpp>
-
 #include <algorithm>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <memory>
+
+#include <boost/json.hpp>
 
 namespace tessera::overlay::detail {
 namespace {
@@ -25,10 +25,10 @@ namespace json = boost::json;
 // 65535 px a side), so a mask of many tiny regions costs 4 bytes a corner plus one
 // Ring record, not one heap block per ring.
 struct Ring {
-  std::size_t first = 0;     // index of its first corner in the pool
-  std::uint32_t count = 0;   // corners (the ring is closed implicitly)
-  std::uint32_t label = 0;   // provisional component label of a foreground pixel it hugs
-  std::int64_t area2 = 0;    // twice the signed shoelace area: > 0 outline, < 0 hole
+  std::size_t first = 0;    // index of its first corner in the pool
+  std::uint32_t count = 0;  // corners (the ring is closed implicitly)
+  std::uint32_t label = 0;  // provisional component label of a foreground pixel it hugs
+  std::int64_t area2 = 0;   // twice the signed shoelace area: > 0 outline, < 0 hole
 };
 
 struct Corner {
@@ -38,7 +38,9 @@ struct Corner {
 class Tracer {
  public:
   explicit Tracer(const Raster& r)
-      : r_(r), w_(r.width), h_(r.height),
+      : r_(r),
+        w_(r.width),
+        h_(r.height),
         hvis_(static_cast<std::size_t>(w_ * (h_ + 1)), false),
         vvis_(static_cast<std::size_t>((w_ + 1) * h_), false) {}
 
@@ -112,18 +114,42 @@ class Tracer {
     int d = sd;
     do {
       switch (d) {  // mark the edge leaving (x,y) in direction d, then step
-        case kEast: hvis_[static_cast<std::size_t>(y * w_ + x)] = true; ++x; break;
-        case kSouth: vvis_[static_cast<std::size_t>(y * (w_ + 1) + x)] = true; ++y; break;
-        case kWest: hvis_[static_cast<std::size_t>(y * w_ + x - 1)] = true; --x; break;
-        default: vvis_[static_cast<std::size_t>((y - 1) * (w_ + 1) + x)] = true; --y; break;
+        case kEast:
+          hvis_[static_cast<std::size_t>(y * w_ + x)] = true;
+          ++x;
+          break;
+        case kSouth:
+          vvis_[static_cast<std::size_t>(y * (w_ + 1) + x)] = true;
+          ++y;
+          break;
+        case kWest:
+          hvis_[static_cast<std::size_t>(y * w_ + x - 1)] = true;
+          --x;
+          break;
+        default:
+          vvis_[static_cast<std::size_t>((y - 1) * (w_ + 1) + x)] = true;
+          --y;
+          break;
       }
       // The two pixels ahead of vertex (x,y): ahead-right and ahead-left of heading d.
       bool ar, al;
       switch (d) {
-        case kEast: ar = fg(x, y); al = fg(x, y - 1); break;
-        case kSouth: ar = fg(x - 1, y); al = fg(x, y); break;
-        case kWest: ar = fg(x - 1, y - 1); al = fg(x - 1, y); break;
-        default: ar = fg(x, y - 1); al = fg(x - 1, y - 1); break;
+        case kEast:
+          ar = fg(x, y);
+          al = fg(x, y - 1);
+          break;
+        case kSouth:
+          ar = fg(x - 1, y);
+          al = fg(x, y);
+          break;
+        case kWest:
+          ar = fg(x - 1, y - 1);
+          al = fg(x - 1, y);
+          break;
+        default:
+          ar = fg(x, y - 1);
+          al = fg(x - 1, y - 1);
+          break;
       }
       const int nd = !ar ? (d + 1) % 4 : (!al ? d : (d + 3) % 4);
       if (nd != d) pool.push_back(Corner{static_cast<std::uint16_t>(x), static_cast<std::uint16_t>(y)});

@@ -19,8 +19,8 @@ struct FailedTile {
 };
 
 struct GeoJsonSpec {
-  double scale = 1.0;              // level-0 pixels per pixel of the traced raster
-  double bound_w = 0, bound_h = 0; // level-0 extent: every coordinate is clamped into it
+  double scale = 1.0;               // level-0 pixels per pixel of the traced raster
+  double bound_w = 0, bound_h = 0;  // level-0 extent: every coordinate is clamped into it
   std::string class_name = "Tissue";
   // Corner budget (4 bytes each, plus a 24-byte record per ring of >= 4 corners):
   // past it, write_geojson fails with Errc::no_space and writes nothing useful.

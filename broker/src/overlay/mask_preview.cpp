@@ -35,7 +35,8 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
   const auto pw = static_cast<int>(m.width), ph = static_cast<int>(m.height);
   std::vector<std::uint8_t> out(static_cast<std::size_t>(pw) * static_cast<std::size_t>(ph) * 3, 255);
   const int level = slide && slide->level_count() > 0 ? pick_level(*slide, scale) : -1;
-  const double r = level >= 0 ? scale / std::max(slide->level_size(level).downsample, 1e-9) : 0;  // slide px per preview px
+  const double r =
+      level >= 0 ? scale / std::max(slide->level_size(level).downsample, 1e-9) : 0;  // slide px per preview px
   if (level >= 0 && r <= kMaxLevelRatio) {
     const auto sw = static_cast<int>(std::ceil(pw * r));
     const int band = std::max(1, static_cast<int>(kBandBytes / (static_cast<double>(sw) * 3 * std::max(1.0, r))));
@@ -50,10 +51,12 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
       if (!rd) return fail(Errc::system, "preview '" + path + "': cannot read the slide: " + rd.error().message);
       for (int py = py0; py < py1; ++py) {
         const auto ya = static_cast<std::int64_t>(std::floor(py * r)) - sy0;
-        const auto yb = std::min<std::int64_t>(sh, std::max(ya + 1, static_cast<std::int64_t>(std::floor((py + 1) * r)) - sy0));
+        const auto yb =
+            std::min<std::int64_t>(sh, std::max(ya + 1, static_cast<std::int64_t>(std::floor((py + 1) * r)) - sy0));
         for (int px = 0; px < pw; ++px) {
           const auto xa = static_cast<std::int64_t>(std::floor(px * r));
-          const auto xb = std::min<std::int64_t>(sw, std::max(xa + 1, static_cast<std::int64_t>(std::floor((px + 1) * r))));
+          const auto xb =
+              std::min<std::int64_t>(sw, std::max(xa + 1, static_cast<std::int64_t>(std::floor((px + 1) * r))));
           std::uint32_t acc[3] = {0, 0, 0}, n = 0;
           for (std::int64_t y = ya; y < yb; ++y)
             for (std::int64_t x = xa; x < xb; ++x) {
@@ -63,7 +66,8 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
               acc[2] += p[2];
               ++n;
             }
-          std::uint8_t* o = &out[(static_cast<std::size_t>(py) * static_cast<std::size_t>(pw) + static_cast<std::size_t>(px)) * 3];
+          std::uint8_t* o =
+              &out[(static_cast<std::size_t>(py) * static_cast<std::size_t>(pw) + static_cast<std::size_t>(px)) * 3];
           for (int c = 0; c < 3; ++c) o[c] = static_cast<std::uint8_t>(n ? acc[c] / n : 255);
         }
       }
@@ -73,7 +77,9 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
   static constexpr int kTint[3] = {20, 210, 90};
   for (std::size_t i = 0; i < m.px.size(); ++i)
     if (m.px[i] != 0)
-      for (int c = 0; c < 3; ++c) out[i * 3 + static_cast<std::size_t>(c)] = static_cast<std::uint8_t>((out[i * 3 + static_cast<std::size_t>(c)] * 55 + kTint[c] * 45) / 100);
+      for (int c = 0; c < 3; ++c)
+        out[i * 3 + static_cast<std::size_t>(c)] =
+            static_cast<std::uint8_t>((out[i * 3 + static_cast<std::size_t>(c)] * 55 + kTint[c] * 45) / 100);
   return write_png(path, out.data(), pw, ph, 3);
 }
 

@@ -69,8 +69,8 @@ class Writer final : public MaskWriter {
     if (!pyramid_) return fail(Errc::invalid_argument, "mask writer: mark_failed after finish");
     const std::int64_t cols = (g_.width + g_.tile - 1) / g_.tile, rows = (g_.height + g_.tile - 1) / g_.tile;
     if (col < 0 || row < 0 || col >= cols || row >= rows)
-      return fail(Errc::invalid_argument, "mask writer: failed tile (" + std::to_string(col) + "," + std::to_string(row) +
-                                              ") is outside the grid");
+      return fail(Errc::invalid_argument, "mask writer: failed tile (" + std::to_string(col) + "," +
+                                              std::to_string(row) + ") is outside the grid");
     // Level-0 rectangle of the tile, clipped at the mask's edge.
     const double d = g_.downsample;
     detail::FailedTile f;
@@ -106,7 +106,8 @@ class Writer final : public MaskWriter {
       const int k = pyramid_->level_at_most(kPreviewMaxSide);
       auto r = pyramid_->read_level(k);
       if (!r) return fail(std::move(r).error());
-      s = detail::write_mask_preview(png_.temp_path(), *r, g_.downsample * static_cast<double>(std::int64_t{1} << k), slide);
+      s = detail::write_mask_preview(png_.temp_path(), *r, g_.downsample * static_cast<double>(std::int64_t{1} << k),
+                                     slide);
     }
     pyramid_.reset();
     if (!s) return s;

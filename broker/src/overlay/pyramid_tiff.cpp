@@ -1,14 +1,14 @@
 #include "pyramid_tiff.hpp"
 
-#include <tiffio.h>
-#include <zlib.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+
+#include <tiffio.h>
+#include <zlib.h>
 
 namespace tessera::overlay::detail {
 namespace {
@@ -20,7 +20,9 @@ constexpr int kDeflateLevel = 1;
 // classic TIFF stays the default because every reader opens it.
 constexpr std::int64_t kBigTiffPixels = std::int64_t{1} << 31;
 
-TIFF* as_tiff(void* p) { return static_cast<TIFF*>(p); }
+TIFF* as_tiff(void* p) {
+  return static_cast<TIFF*>(p);
+}
 
 int on_tiff_error(TIFF*, void* user, const char* module, const char* fmt, va_list ap) {
   char msg[512];
@@ -30,7 +32,9 @@ int on_tiff_error(TIFF*, void* user, const char* module, const char* fmt, va_lis
   return 1;  // handled: nothing on stderr
 }
 
-int on_tiff_warning(TIFF*, void*, const char*, const char*, va_list) { return 1; }
+int on_tiff_warning(TIFF*, void*, const char*, const char*, va_list) {
+  return 1;
+}
 
 TIFF* open_tiff(const std::string& path, const char* mode, std::string* last_error) {
   TIFFOpenOptions* opts = TIFFOpenOptionsAlloc();
@@ -116,8 +120,7 @@ Result<void> PyramidTiff::set_level_tags(int k) {
             TIFFSetField(t, TIFFTAG_TILEWIDTH, static_cast<std::uint32_t>(tile_)) &&
             TIFFSetField(t, TIFFTAG_TILELENGTH, static_cast<std::uint32_t>(tile_)) &&
             TIFFSetField(t, TIFFTAG_COMPRESSION, COMPRESSION_ADOBE_DEFLATE) &&
-            TIFFSetField(t, TIFFTAG_ZIPQUALITY, kDeflateLevel) &&
-            TIFFSetField(t, TIFFTAG_SOFTWARE, "Tessera");
+            TIFFSetField(t, TIFFTAG_ZIPQUALITY, kDeflateLevel) && TIFFSetField(t, TIFFTAG_SOFTWARE, "Tessera");
   // OpenSlide's generic TIFF reader takes every later tiled directory marked
   // reduced-resolution as a pyramid level.
   if (k > 0) ok = ok && TIFFSetField(t, TIFFTAG_SUBFILETYPE, FILETYPE_REDUCEDIMAGE);
@@ -152,13 +155,13 @@ Result<void> PyramidTiff::put_tile(std::int64_t col, std::int64_t row, const std
   Level& l0 = levels_[0];
   const std::string at = "tile (" + std::to_string(col) + "," + std::to_string(row) + ")";
   if (col < 0 || row < 0 || col >= l0.cols || row >= l0.rows)
-    return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': " + at + " is outside the " + std::to_string(l0.cols) +
-                                            "x" + std::to_string(l0.rows) + " grid");
+    return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': " + at + " is outside the " +
+                                            std::to_string(l0.cols) + "x" + std::to_string(l0.rows) + " grid");
   const std::int64_t max_cols = std::min<std::int64_t>(tile_, l0.width - col * tile_);
   const std::int64_t max_rows = std::min<std::int64_t>(tile_, l0.height - row * tile_);
   if (!mask || cols < 1 || rows < 1 || cols > max_cols || rows > max_rows || stride < static_cast<std::size_t>(cols))
-    return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': " + at + ": bad extent " + std::to_string(cols) + "x" +
-                                            std::to_string(rows) + " (stride " + std::to_string(stride) + ")");
+    return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': " + at + ": bad extent " + std::to_string(cols) +
+                                            "x" + std::to_string(rows) + " (stride " + std::to_string(stride) + ")");
   std::uint8_t any = 0;
   std::uint8_t* dst = buf_.data();
   const auto t = static_cast<std::size_t>(tile_);
@@ -204,13 +207,16 @@ Result<void> PyramidTiff::build_level(int k) {
           if (!up.nonzero[cidx]) continue;
           any_child = true;
           errno = 0;
-          if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(cidx), child.data(), static_cast<tmsize_t>(child.size())) < 0)
-            return fail(tiff_error("cannot read back tile " + std::to_string(cidx) + " of level " + std::to_string(k - 1)));
+          if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(cidx), child.data(),
+                                  static_cast<tmsize_t>(child.size())) < 0)
+            return fail(
+                tiff_error("cannot read back tile " + std::to_string(cidx) + " of level " + std::to_string(k - 1)));
           // Downsample by max: a region one pixel wide stays visible at every level.
           for (std::size_t y = 0; y < half; ++y) {
             const std::uint8_t* a = &child[(2 * y) * t];
             const std::uint8_t* b = a + t;
-            std::uint8_t* o = &buf_[(static_cast<std::size_t>(dy) * half + y) * t + static_cast<std::size_t>(dx) * half];
+            std::uint8_t* o =
+                &buf_[(static_cast<std::size_t>(dy) * half + y) * t + static_cast<std::size_t>(dx) * half];
             for (std::size_t x = 0; x < half; ++x)
               o[x] = std::max(std::max(a[2 * x], a[2 * x + 1]), std::max(b[2 * x], b[2 * x + 1]));
           }
@@ -224,7 +230,8 @@ Result<void> PyramidTiff::build_level(int k) {
         continue;
       }
       errno = 0;
-      if (TIFFWriteEncodedTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), buf_.data(), static_cast<tmsize_t>(buf_.size())) < 0)
+      if (TIFFWriteEncodedTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), buf_.data(),
+                               static_cast<tmsize_t>(buf_.size())) < 0)
         return fail(tiff_error("cannot write tile " + std::to_string(idx) + " of level " + std::to_string(k)));
       l.nonzero[idx] = true;
     }
@@ -247,7 +254,8 @@ Result<void> PyramidTiff::finish() {
     if (s) s = build_level(k);
     if (!s) return s;
     errno = 0;
-    if (!TIFFWriteDirectory(as_tiff(tif_))) return fail(tiff_error("cannot write the directory of level " + std::to_string(k)));
+    if (!TIFFWriteDirectory(as_tiff(tif_)))
+      return fail(tiff_error("cannot write the directory of level " + std::to_string(k)));
   }
   TIFFClose(as_tiff(tif_));
   tif_ = nullptr;
@@ -272,12 +280,14 @@ Result<Raster> PyramidTiff::read_level(int k) const {
       const auto idx = static_cast<std::size_t>(tr * l.cols + tc);
       if (!l.nonzero[idx]) continue;
       errno = 0;
-      if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(idx), tile.data(), static_cast<tmsize_t>(tile.size())) < 0)
+      if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(idx), tile.data(),
+                              static_cast<tmsize_t>(tile.size())) < 0)
         return fail(tiff_error("cannot read back tile " + std::to_string(idx) + " of level " + std::to_string(k)));
       const std::int64_t x0 = tc * tile_, y0 = tr * tile_;
       const auto n = static_cast<std::size_t>(std::min<std::int64_t>(tile_, l.width - x0));
       for (std::int64_t y = 0; y < tile_ && y0 + y < l.height; ++y)
-        std::memcpy(&r.px[static_cast<std::size_t>((y0 + y) * l.width + x0)], &tile[static_cast<std::size_t>(y) * t], n);
+        std::memcpy(&r.px[static_cast<std::size_t>((y0 + y) * l.width + x0)], &tile[static_cast<std::size_t>(y) * t],
+                    n);
     }
   return r;
 }

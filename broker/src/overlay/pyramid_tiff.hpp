@@ -33,7 +33,8 @@ class PyramidTiff {
   PyramidTiff& operator=(const PyramidTiff&) = delete;
 
   // One tile of level 0; see MaskWriter::put_tile. The same tile put again replaces it.
-  Result<void> put_tile(std::int64_t col, std::int64_t row, const std::uint8_t* mask, int cols, int rows, std::size_t stride);
+  Result<void> put_tile(std::int64_t col, std::int64_t row, const std::uint8_t* mask, int cols, int rows,
+                        std::size_t stride);
   // Writes the tiles never put (one zero tile compressed once), the lower levels and
   // closes the file. After it, read_level() may be called.
   Result<void> finish();
@@ -62,12 +63,12 @@ class PyramidTiff {
   MaskGeometry g_;
   int tile_ = 256;
   bool big_ = false;
-  void* tif_ = nullptr;  // TIFF* of the writer
+  void* tif_ = nullptr;                                                        // TIFF* of the writer
   std::unique_ptr<std::string> last_error_ = std::make_unique<std::string>();  // stable address for libtiff's handler
   std::vector<Level> levels_;
-  std::vector<bool> written0_;       // level-0 tile has data in the file
-  std::vector<std::uint8_t> buf_;    // one tile (tile*tile bytes)
-  std::vector<std::uint8_t> zero_;   // the zero tile, deflate-compressed once
+  std::vector<bool> written0_;      // level-0 tile has data in the file
+  std::vector<std::uint8_t> buf_;   // one tile (tile*tile bytes)
+  std::vector<std::uint8_t> zero_;  // the zero tile, deflate-compressed once
   bool finished_ = false;
 };
 
