@@ -509,7 +509,12 @@ TEST(MaskWriter, PeakMemoryStaysBoundedOnA131072SquareMask) {
   close(fds[0]);
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st;
   std::printf("peak RSS writing a 131072^2 mask: %.1f MiB\n", static_cast<double>(kib) / 1024);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // Shadow memory and the allocator's quarantine are not the writer's; the bound is
+  // checked in the plain builds, the outputs below in every build.
+#else
   EXPECT_LT(kib, 256 * 1024);
+#endif
   EXPECT_TRUE(fs::exists(out.tiff));
   EXPECT_TRUE(fs::exists(out.geojson));
   EXPECT_TRUE(fs::exists(out.png));

@@ -5,6 +5,7 @@
 #include "mask_writer.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <vector>
 
