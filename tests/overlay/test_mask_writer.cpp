@@ -471,6 +471,12 @@ TEST(MaskWriter, KilledMidWriteLeavesNoFileUnderAFinalName) {
 // one output tile at a time, the GeoJSON is traced on a level of at most 4096 px and
 // the preview made from one of at most 2048 px; the bookkeeping is 2 bits per tile.
 // A 131072 x 131072 mask (17 GB at one byte a pixel) must stay under 256 MiB.
+// Sanitizer builds write a 32768 x 32768 mask (they run 10-20x slower) and skip the bound.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr std::int64_t kBigSide = 32768;
+#else
+constexpr std::int64_t kBigSide = 131072;
+#endif
 TEST(MaskWriter, PeakMemoryStaysBoundedOnA131072SquareMask) {
   TempDir d;
   MaskOutputs out{d.file("big.tif"), d.file("big.geojson"), d.file("big.png")};
@@ -478,13 +484,13 @@ TEST(MaskWriter, PeakMemoryStaysBoundedOnA131072SquareMask) {
   ASSERT_EQ(pipe(fds), 0);
   const int st = in_child(
       [&] {
-        const auto g = geometry(131072, 131072, 256, 1.0, 0.5);
+        const auto g = geometry(kBigSide, kBigSide, 256, 1.0, 0.5);
         auto w = MaskWriter::create(out, g);
         if (!w) return 2;
         // Three tissue regions of 12 x 12 tiles (a disc each), everything else background.
         std::vector<std::uint8_t> tile(256 * 256);
         for (int region = 0; region < 3; ++region) {
-          const std::int64_t c0 = 40 + region * 150, r0 = 60 + region * 130;
+          const std::int64_t c0 = 10 + region * 30, r0 = 20 + region * 25;
           for (std::int64_t r = r0; r < r0 + 12; ++r)
             for (std::int64_t c = c0; c < c0 + 12; ++c) {
               for (int y = 0; y < 256; ++y)
@@ -508,7 +514,8 @@ TEST(MaskWriter, PeakMemoryStaysBoundedOnA131072SquareMask) {
   ASSERT_EQ(read(fds[0], &kib, sizeof kib), static_cast<ssize_t>(sizeof kib));
   close(fds[0]);
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st;
-  std::printf("peak RSS writing a 131072^2 mask: %.1f MiB\n", static_cast<double>(kib) / 1024);
+  std::printf("peak RSS writing a %lld^2 mask: %.1f MiB\n", static_cast<long long>(kBigSide),
+              static_cast<double>(kib) / 1024);
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // Shadow memory and the allocator's quarantine are not the writer's; the bound is
   // checked in the plain builds, the outputs below in every build.
@@ -519,18 +526,18 @@ TEST(MaskWriter, PeakMemoryStaysBoundedOnA131072SquareMask) {
   EXPECT_TRUE(fs::exists(out.geojson));
   EXPECT_TRUE(fs::exists(out.png));
   int holes = 0, features = 0;
-  (void)polygon_area(json::parse(slurp(out.geojson)), 131072, 131072, &holes, &features);
+  (void)polygon_area(json::parse(slurp(out.geojson)), kBigSide, kBigSide, &holes, &features);
   EXPECT_EQ(features, 3);
 #ifdef TESSERA_HAVE_OPENSLIDE
   openslide_t* os = openslide_open(out.tiff.c_str());
   ASSERT_NE(os, nullptr);
   EXPECT_EQ(openslide_get_error(os), nullptr);
-  EXPECT_EQ(openslide_get_level_count(os), 8);  // 131072 -> ... -> 1024
+  EXPECT_EQ(openslide_get_level_count(os), kBigSide == 131072 ? 8 : 6);  // halving down to 1024
   std::int64_t lw = 0, lh = 0;
   openslide_get_level_dimensions(os, 0, &lw, &lh);
-  EXPECT_EQ(lw, 131072);
+  EXPECT_EQ(lw, kBigSide);
   std::uint32_t px[4] = {};
-  openslide_read_region(os, px, 40 * 256 + 1536, 60 * 256 + 1536, 0, 2, 2);  // a disc's centre
+  openslide_read_region(os, px, 10 * 256 + 1536, 20 * 256 + 1536, 0, 2, 2);  // a disc's centre
   EXPECT_EQ(px[0], 0xff010101u);
   openslide_read_region(os, px, 100, 100, 0, 2, 2);  // a tile never put
   EXPECT_EQ(px[0], 0xff000000u);
