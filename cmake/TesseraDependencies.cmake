@@ -22,3 +22,6 @@ if(TESSERA_BUILD_PYTHON)
 endif()
 # Optional: real slides through OpenSlide.
 pkg_check_modules(OPENSLIDE IMPORTED_TARGET openslide)
+# Slide reading: libtiff (tile directories) and libjpeg-turbo's TurboJPEG API (tile decode).
+find_package(TIFF REQUIRED)                                            # libtiff-dev
+pkg_check_modules(TURBOJPEG REQUIRED IMPORTED_TARGET libturbojpeg)     # libturbojpeg0-dev

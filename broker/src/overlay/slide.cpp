@@ -190,6 +190,13 @@ class OpenSlideSlide final : public Slide {
     vendor_ = prop("openslide.vendor");
     if (auto v = prop("openslide.mpp-x"); !v.empty()) mpp_x_ = std::strtod(v.c_str(), nullptr);
     if (auto v = prop("openslide.mpp-y"); !v.empty()) mpp_y_ = std::strtod(v.c_str(), nullptr);
+    // A generic TIFF has no openslide.mpp-*: its resolution tags say the same.
+    const auto unit = prop("tiff.ResolutionUnit");
+    const double um = unit == "centimeter" ? 1e4 : unit == "inch" ? 25400.0 : 0;
+    if (mpp_x_ == 0 && um > 0)
+      if (const double r = std::strtod(prop("tiff.XResolution").c_str(), nullptr); r > 0) mpp_x_ = um / r;
+    if (mpp_y_ == 0 && um > 0)
+      if (const double r = std::strtod(prop("tiff.YResolution").c_str(), nullptr); r > 0) mpp_y_ = um / r;
     for (int l = 0; l < openslide_get_level_count(os_); ++l) {
       const auto tw = prop("openslide.level[" + std::to_string(l) + "].tile-width");
       const auto th = prop("openslide.level[" + std::to_string(l) + "].tile-height");
