@@ -259,6 +259,7 @@ void wsi(Context& ctx) {
   sum.workload = "wsi";
   sum.mode = "summary";
   sum.tile_bytes = 240 * 240 * 3;
+  sum.ops = static_cast<std::uint64_t>(reps) * vs.size();  // the runs summarised
   sum.note = s;
   ctx.progress(s);
   ctx.emit(std::move(sum));

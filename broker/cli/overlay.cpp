@@ -54,6 +54,10 @@ std::filesystem::path self_dir() {
 PoolSpec pool_for(const OverlayArgs& a) {
   PoolSpec p;
   p.count = a.workers;
+  // Tiles arrive as fast as the readers decode them (a few hundred microseconds apart per
+  // core): a worker that spins longer than a few microseconds between them takes a core
+  // from the decoders. Spin briefly, then sleep on the doorbell.
+  p.env["TESSERA_SPIN_NS"] = "5000";
   const auto bin = self_dir();
   const auto py = bin.parent_path() / "python";
   if (a.worker == "cpp") {
