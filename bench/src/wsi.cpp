@@ -33,6 +33,17 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// A /proc file's text (empty when the process is gone; iostreams throw on ESRCH).
+std::string slurp(const std::string& path) {
+  std::string s;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return s;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return s;
+}
+
 // Sum of the proportional set size (Pss: shared pages split between their users) of a
 // process and all its descendants, from /proc.
 long tree_pss_kb(int root) {
@@ -41,8 +52,7 @@ long tree_pss_kb(int root) {
     while (dirent* e = readdir(d)) {
       const int pid = std::atoi(e->d_name);
       if (pid <= 0) continue;
-      std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
-      std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      const std::string s = slurp(std::string("/proc/") + e->d_name + "/stat");
       const auto p = s.rfind(')');
       if (p == std::string::npos) continue;
       std::istringstream in(s.substr(p + 2));
@@ -58,7 +68,7 @@ long tree_pss_kb(int root) {
     int p = pid;
     while (p > 1 && p != root) p = parent.count(p) ? parent[p] : 0;
     if (p != root) continue;
-    std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    std::istringstream f(slurp("/proc/" + std::to_string(pid) + "/smaps_rollup"));
     std::string line;
     while (std::getline(f, line))
       if (line.rfind("Pss:", 0) == 0) total += std::atol(line.c_str() + 4);

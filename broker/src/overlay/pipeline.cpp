@@ -3,6 +3,7 @@
 // only (alloc, submit, poll); readers get already-allocated blocks through a ring of slots.
 #include <tessera/overlay.hpp>
 
+#include <fcntl.h>
 #include <png.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -83,14 +84,24 @@ void reader_loop(ReadQueue& q, const Slide& slide, const TileGrid& g) {
   q.read_ns.fetch_add(busy, std::memory_order_relaxed);
 }
 
+// A /proc file's text (empty when the process is gone; iostreams throw on ESRCH).
+std::string slurp(const std::string& path) {
+  std::string s;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return s;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return s;
+}
+
 // CPU seconds and peak RSS (KiB) of a process from /proc (the workers are alive children,
 // so RUSAGE_CHILDREN does not see them yet).
 void proc_usage(int pid, double& cpu_s, long& hwm_kb) {
   cpu_s = 0;
   hwm_kb = 0;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (std::getline(stat, line)) {
+  std::string line = slurp("/proc/" + std::to_string(pid) + "/stat");
+  if (!line.empty()) {
     const auto rp = line.rfind(')');
     if (rp != std::string::npos) {
       std::istringstream is(line.substr(rp + 2));
@@ -103,7 +114,7 @@ void proc_usage(int pid, double& cpu_s, long& hwm_kb) {
       cpu_s = static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
     }
   }
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::istringstream status(slurp("/proc/" + std::to_string(pid) + "/status"));
   while (std::getline(status, line))
     if (line.rfind("VmHWM:", 0) == 0) hwm_kb = std::atol(line.c_str() + 6);
 }
