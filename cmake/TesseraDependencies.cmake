@@ -8,9 +8,6 @@ find_package(fmt CONFIG REQUIRED)
 find_package(spdlog CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
 find_package(PNG REQUIRED)
-# The overlay's pyramidal mask TIFF (libtiff) and its precompressed zero tile (zlib).
-find_package(TIFF REQUIRED)
-find_package(ZLIB REQUIRED)
 if(TESSERA_BUILD_TESTS)
   find_package(GTest CONFIG REQUIRED)
   include(GoogleTest)
@@ -25,3 +22,8 @@ if(TESSERA_BUILD_PYTHON)
 endif()
 # Optional: real slides through OpenSlide.
 pkg_check_modules(OPENSLIDE IMPORTED_TARGET openslide)
+# Slides and overlay outputs: libtiff reads tile directories and writes the pyramidal mask
+# TIFF, libjpeg-turbo's TurboJPEG API decodes tiles, zlib compresses the shared zero tile.
+find_package(TIFF REQUIRED)                                            # libtiff-dev
+find_package(ZLIB REQUIRED)
+pkg_check_modules(TURBOJPEG REQUIRED IMPORTED_TARGET libturbojpeg)     # libturbojpeg0-dev

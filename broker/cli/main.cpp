@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
       tessera::cli::add_inspect(app),
       tessera::cli::add_overlay(app),
       tessera::cli::add_bench(app),
+      tessera::cli::add_make_slide(app),
   };
   CLI11_PARSE(app, argc, argv);
   for (auto& s : subs)

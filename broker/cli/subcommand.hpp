@@ -22,5 +22,7 @@ Subcommand add_inspect(CLI::App& parent);
 Subcommand add_overlay(CLI::App& parent);
 // Adds `tessera bench` (bench.cpp): runs tessera-bench.
 Subcommand add_bench(CLI::App& parent);
+// Adds the hidden `tessera make-slide` (overlay.cpp): writes a JPEG-tiled test slide.
+Subcommand add_make_slide(CLI::App& parent);
 
 }  // namespace tessera::cli

@@ -16,6 +16,8 @@
 
 #include <tessera/overlay.hpp>
 
+#include "mask_collect.hpp"
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -115,16 +117,26 @@ TEST(OpenSlide, RealSlideFileRunsThroughThePipelineExactly) {
   po.grid.tile = 128;
   po.grid.overlap = 8;
   po.max_in_flight = 32;
-  std::vector<std::uint8_t> mask, ref;
-  auto rep = tessera::overlay::run_pipeline(*c, **slide, po, mask);
+  po.all_tiles = true;
+  tessera::test::CollectingWriter out;
+  auto rep = tessera::overlay::run_pipeline(*c, **slide, po, out);
   ASSERT_TRUE(rep.has_value()) << rep.error().message;
   EXPECT_EQ(rep->completed, rep->tiles);
-  tessera::overlay::reference_mask(**slide, po.grid, ref);
-  EXPECT_TRUE(mask == ref) << "stitched mask differs from the reference";
-  std::size_t tissue = 0;
-  for (auto v : mask) tissue += v != 0;
+  EXPECT_EQ(static_cast<std::int64_t>(out.tiles.size()), rep->tiles);
+  std::size_t tissue = 0, pixels = 0;
+  for (const auto& [pos, t] : out.tiles) {
+    std::vector<std::uint8_t> ref;
+    int cols = 0, rows = 0;
+    ASSERT_TRUE(tessera::overlay::reference_tile_mask(**slide, po.grid, pos.first, pos.second, ref, cols, rows).has_value());
+    EXPECT_EQ(cols, t.cols);
+    EXPECT_EQ(rows, t.rows);
+    EXPECT_TRUE(ref == t.px) << "tile " << pos.first << "," << pos.second << " differs from the reference";
+    for (auto v : t.px) tissue += v != 0;
+    pixels += t.px.size();
+  }
+  EXPECT_EQ(pixels, 1024u * 768u);
   EXPECT_GT(tissue, 0u);
-  EXPECT_LT(tissue, mask.size());
+  EXPECT_LT(tissue, pixels);
 }
 
 TEST(OpenSlide, AFileThatIsNotASlideIsAClearError) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #ifdef TESSERA_HAVE_OPENSLIDE
@@ -60,6 +61,7 @@ class SyntheticSlide final : public Slide {
   }
   int level_count() const override { return static_cast<int>(levels_.size()); }
   LevelSize level_size(int level) const override { return levels_.at(static_cast<std::size_t>(level)); }
+  std::string reader() const override { return "synthetic"; }
 
   Result<void> read_region(int level, std::int64_t x, std::int64_t y, int w, int h, std::uint8_t* rgb) const override {
     if (level < 0 || level >= level_count()) return fail(Errc::invalid_argument, "slide: no level " + std::to_string(level));
@@ -180,9 +182,37 @@ class SyntheticSlide final : public Slide {
 #ifdef TESSERA_HAVE_OPENSLIDE
 class OpenSlideSlide final : public Slide {
  public:
-  explicit OpenSlideSlide(openslide_t* os, std::string path) : os_(os), path_(std::move(path)) {}
+  explicit OpenSlideSlide(openslide_t* os, std::string path) : os_(os), path_(std::move(path)) {
+    auto prop = [&](const std::string& k) {
+      const char* v = openslide_get_property_value(os_, k.c_str());
+      return v != nullptr ? std::string(v) : std::string();
+    };
+    vendor_ = prop("openslide.vendor");
+    if (auto v = prop("openslide.mpp-x"); !v.empty()) mpp_x_ = std::strtod(v.c_str(), nullptr);
+    if (auto v = prop("openslide.mpp-y"); !v.empty()) mpp_y_ = std::strtod(v.c_str(), nullptr);
+    // A generic TIFF has no openslide.mpp-*: its resolution tags say the same.
+    const auto unit = prop("tiff.ResolutionUnit");
+    const double um = unit == "centimeter" ? 1e4 : unit == "inch" ? 25400.0 : 0;
+    if (mpp_x_ == 0 && um > 0)
+      if (const double r = std::strtod(prop("tiff.XResolution").c_str(), nullptr); r > 0) mpp_x_ = um / r;
+    if (mpp_y_ == 0 && um > 0)
+      if (const double r = std::strtod(prop("tiff.YResolution").c_str(), nullptr); r > 0) mpp_y_ = um / r;
+    for (int l = 0; l < openslide_get_level_count(os_); ++l) {
+      const auto tw = prop("openslide.level[" + std::to_string(l) + "].tile-width");
+      const auto th = prop("openslide.level[" + std::to_string(l) + "].tile-height");
+      tiles_.push_back(!tw.empty() && tw == th ? std::atoi(tw.c_str()) : 0);
+    }
+  }
   ~OpenSlideSlide() override { openslide_close(os_); }
-  std::string description() const override { return "OpenSlide " + path_; }
+  std::string description() const override {
+    return "OpenSlide " + path_ + (vendor_.empty() ? "" : " (" + vendor_ + ")");
+  }
+  std::string reader() const override { return "openslide"; }
+  double mpp_x() const override { return mpp_x_; }
+  double mpp_y() const override { return mpp_y_; }
+  int native_tile(int level) const override {
+    return level >= 0 && level < static_cast<int>(tiles_.size()) ? tiles_[static_cast<std::size_t>(level)] : 0;
+  }
   int level_count() const override { return openslide_get_level_count(os_); }
   LevelSize level_size(int level) const override {
     std::int64_t w = 0, h = 0;
@@ -190,13 +220,20 @@ class OpenSlideSlide final : public Slide {
     return {w, h, openslide_get_level_downsample(os_, level)};
   }
   Result<void> read_region(int level, std::int64_t x, std::int64_t y, int w, int h, std::uint8_t* rgb) const override {
-    std::vector<std::uint32_t> argb(static_cast<std::size_t>(w) * static_cast<std::size_t>(h));
+    if (level < 0 || level >= level_count())
+      return fail(Errc::invalid_argument, "'" + path_ + "': no level " + std::to_string(level));
+    // One buffer per reader thread, grown to the largest region it read (no allocation per tile).
+    thread_local std::vector<std::uint32_t> argb;
+    if (argb.size() < static_cast<std::size_t>(w) * static_cast<std::size_t>(h))
+      argb.resize(static_cast<std::size_t>(w) * static_cast<std::size_t>(h));
     const double ds = openslide_get_level_downsample(os_, level);
     // OpenSlide takes level-0 coordinates for the top-left corner.
     openslide_read_region(os_, argb.data(), static_cast<std::int64_t>(static_cast<double>(x) * ds),
                           static_cast<std::int64_t>(static_cast<double>(y) * ds), level, w, h);
-    if (const char* err = openslide_get_error(os_)) return fail(Errc::system, std::string("openslide: ") + err);
-    for (std::size_t i = 0; i < argb.size(); ++i) {
+    if (const char* err = openslide_get_error(os_))
+      return fail(Errc::system, "'" + path_ + "': openslide: " + err);
+    const std::size_t n = static_cast<std::size_t>(w) * static_cast<std::size_t>(h);
+    for (std::size_t i = 0; i < n; ++i) {
       const std::uint32_t p = argb[i];
       const std::uint32_t a = p >> 24;
       // Premultiplied ARGB over white.
@@ -210,7 +247,9 @@ class OpenSlideSlide final : public Slide {
 
  private:
   openslide_t* os_;
-  std::string path_;
+  std::string path_, vendor_;
+  double mpp_x_ = 0, mpp_y_ = 0;
+  std::vector<int> tiles_;
 };
 #endif
 
@@ -228,19 +267,41 @@ bool openslide_available() noexcept {
 #endif
 }
 
-Result<std::unique_ptr<Slide>> open_slide(const std::string& path) {
+namespace {
+
+Result<std::unique_ptr<Slide>> open_with_openslide(const std::string& path) {
 #ifdef TESSERA_HAVE_OPENSLIDE
   openslide_t* os = openslide_open(path.c_str());
-  if (os == nullptr) return fail(Errc::invalid_argument, "openslide: cannot open '" + path + "' (not a supported slide)");
+  if (os == nullptr) return fail(Errc::invalid_argument, "'" + path + "': not a slide OpenSlide can read (unknown or unsupported format)");
   if (const char* err = openslide_get_error(os)) {
     std::string e = err;
     openslide_close(os);
-    return fail(Errc::invalid_argument, "openslide: " + e);
+    return fail(Errc::invalid_argument, "'" + path + "': OpenSlide cannot read it: " + e);
+  }
+  if (openslide_get_level_count(os) < 1) {
+    openslide_close(os);
+    return fail(Errc::invalid_argument, "'" + path + "': OpenSlide finds no levels in it");
   }
   return std::unique_ptr<Slide>(std::make_unique<OpenSlideSlide>(os, path));
 #else
-  return fail(Errc::unavailable, "this build has no OpenSlide support (install libopenslide-dev and rebuild) for '" + path + "'");
+  return fail(Errc::unavailable, "'" + path + "': this build has no OpenSlide support (install libopenslide-dev and rebuild)");
 #endif
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Slide>> open_slide(const std::string& path, ReaderKind kind) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(st)) return fail(Errc::not_found, "'" + path + "': no such file");
+  if (!std::filesystem::is_regular_file(st)) return fail(Errc::invalid_argument, "'" + path + "': not a regular file");
+  if (kind == ReaderKind::openslide) return open_with_openslide(path);
+  auto fast = open_fast_tiff(path);
+  if (fast || kind == ReaderKind::fast) return fast;
+  // auto: the fast reader declined (not a JPEG-tiled TIFF); OpenSlide reads every other format.
+  auto os = open_with_openslide(path);
+  if (os) return os;
+  return fail(os.error().code, os.error().message + "; fast reader: " + fast.error().message);
 }
 
 }  // namespace tessera::overlay
