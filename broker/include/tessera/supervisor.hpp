@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,9 @@ class Supervisor {
   // worker gave up) arrive through `cb` as LAUNCH + FAILURE. Fails synchronously
   // only once shutdown() has begun.
   Result<std::string> submit(int worker, std::string script, boost::json::object inputs, TaskCallback cb);
+  // The same, with the Appose `queue` of the EXECUTE (e.g. "main"), forwarded to the worker.
+  Result<std::string> submit(int worker, std::string script, boost::json::object inputs,
+                             std::optional<std::string> queue, TaskCallback cb);
   // Cooperative CANCEL; after cancel_grace the worker is killed (and respawned if
   // auto_respawn). The task reports CANCELATION exactly once (or its real terminal
   // if that arrived first). Unknown or finished ids are ignored.

@@ -84,6 +84,7 @@ struct Task {
   std::string id;
   std::string script;
   json::object inputs;
+  std::optional<std::string> queue;  // Appose `queue` ("main"), forwarded as is
   TaskCallback cb;
   int pinned = -1;
   int worker = -1;
@@ -655,6 +656,7 @@ class Supervisor::Impl {
     r.task = t.id;
     r.script = t.script;
     r.inputs = t.inputs;
+    r.queue = t.queue;
     write_line(w, ap::encode(r));
   }
 
@@ -704,7 +706,7 @@ class Supervisor::Impl {
   }
 
   Result<std::string> submit(int worker, std::string script, json::object inputs, TaskCallback cb,
-                             std::string id) {
+                             std::string id, std::optional<std::string> queue = std::nullopt) {
     if (shutting_down) return fail(Errc::closed, "supervisor is shutting down");
     if (worker >= 0) {
       Worker* w = find_worker(worker);
@@ -719,6 +721,7 @@ class Supervisor::Impl {
     t->id = id.empty() ? new_id() : std::move(id);
     t->script = std::move(script);
     t->inputs = std::move(inputs);
+    t->queue = std::move(queue);
     t->cb = std::move(cb);
     t->pinned = worker;
     const std::string tid = t->id;
@@ -901,8 +904,15 @@ Result<int> Supervisor::add_worker(WorkerSpec spec) {
 }
 
 Result<std::string> Supervisor::submit(int worker, std::string script, json::object inputs, TaskCallback cb) {
+  return submit(worker, std::move(script), std::move(inputs), std::nullopt, std::move(cb));
+}
+
+Result<std::string> Supervisor::submit(int worker, std::string script, json::object inputs,
+                                       std::optional<std::string> queue, TaskCallback cb) {
   Impl& im = *impl_;
-  if (std::this_thread::get_id() == im.loop_tid) return im.submit(worker, std::move(script), std::move(inputs), std::move(cb), {});
+  if (std::this_thread::get_id() == im.loop_tid) {
+    return im.submit(worker, std::move(script), std::move(inputs), std::move(cb), {}, std::move(queue));
+  }
   // Fire and forget: one hop to the loop thread instead of a blocking round trip.
   // Problems found there (no such worker, ...) arrive as LAUNCH + FAILURE.
   // relaxed: a hint only; the loop thread re-checks under its own state.
@@ -910,8 +920,9 @@ Result<std::string> Supervisor::submit(int worker, std::string script, json::obj
   std::string id = im.make_id();
   std::shared_lock<std::shared_mutex> lock(im.api_mu);
   if (im.finished) return fail(Errc::closed, "supervisor is shut down");
-  im.loop->post([&im, worker, id, script = std::move(script), inputs = std::move(inputs), cb = std::move(cb)]() mutable {
-    auto r = im.submit(worker, std::move(script), std::move(inputs), cb, id);
+  im.loop->post([&im, worker, id, script = std::move(script), inputs = std::move(inputs), queue = std::move(queue),
+                 cb = std::move(cb)]() mutable {
+    auto r = im.submit(worker, std::move(script), std::move(inputs), cb, id, std::move(queue));
     if (!r && cb) {
       ap::Response l;
       l.task = id;
