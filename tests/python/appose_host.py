@@ -78,7 +78,8 @@ class ApposeHost:
             self.proc.stdin.write(line.encode())
             self.proc.stdin.flush()
 
-    def start(self, script, inputs=None, queue=None, task=None):
+    def start(self, script, inputs=None, queue=None, task=None, **_routing):
+        """Sends EXECUTE; returns the task id. (`_routing`: broker-only worker.run keys.)"""
         task = task or uuid.uuid4().hex
         with self.cond:
             self.msgs.setdefault(task, [])
@@ -108,8 +109,8 @@ class ApposeHost:
         with self.cond:
             return list(self.msgs[task])
 
-    def run(self, script, inputs=None, queue=None, timeout=30.0):
-        return [m for _, m in self.wait(self.start(script, inputs, queue), timeout)]
+    def run(self, script, inputs=None, queue=None, timeout=30.0, **routing):
+        return [m for _, m in self.wait(self.start(script, inputs, queue, **routing), timeout)]
 
     def wait_launch(self, task, timeout=20.0):
         return self.wait_for(lambda: any(m["responseType"] == "LAUNCH" for _, m in self.msgs.get(task, [])), timeout)

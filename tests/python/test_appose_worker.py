@@ -66,13 +66,21 @@ class ScriptCases:
         out = self.completed(self.drv.run("base + _private + math.floor(0.5)"))
         self.assertEqual(out, {"result": 42})
 
+    #: worker.run routing for stateful scripts (the broker pins them to one worker)
+    affinity = {}
+
+    def dispose_output(self, seg):
+        """The host disposes a segment a COMPLETION named (direct: Appose rule, it unlinks)."""
+        seg.close()
+        seg.unlink()
+
     def test_export_is_visible_to_later_scripts(self):
-        self.completed(self.drv.run("task.export(kept=5, _hidden=6)"))
-        self.assertEqual(self.completed(self.drv.run("kept + _hidden")), {"result": 11})
+        self.completed(self.drv.run("task.export(kept=5, _hidden=6)", **self.affinity))
+        self.assertEqual(self.completed(self.drv.run("kept + _hidden", **self.affinity)), {"result": 11})
 
     def test_getvar_putvar_call_shaped_scripts(self):
-        self.completed(self.drv.run("answer = _value\ntask.export(answer=answer)", {"_value": 41}))  # putVar
-        self.assertEqual(self.completed(self.drv.run("answer")), {"result": 41})                    # getVar
+        self.completed(self.drv.run("answer = _value\ntask.export(answer=answer)", {"_value": 41}, **self.affinity))
+        self.assertEqual(self.completed(self.drv.run("answer", **self.affinity)), {"result": 41})  # getVar
         self.assertEqual(self.completed(self.drv.run("add(arg0, arg1)", {"arg0": 2, "arg1": 3})), {"result": 5})  # call
 
     def test_startup_canary(self):
@@ -142,9 +150,11 @@ class ScriptCases:
 
     def test_cwd_sys_path_and_environ_are_restored(self):
         self.completed(self.drv.run("import os, sys\nos.chdir('/')\nsys.path.insert(0, '/nonexistent-tessera')\n"
-                                    "os.environ['TESSERA_LEAK'] = '1'\nos.environ.pop('TESSERA_KEEP', None)"))
+                                    "os.environ['TESSERA_LEAK'] = '1'\nos.environ.pop('TESSERA_KEEP', None)",
+                                    **self.affinity))
         out = self.completed(self.drv.run("import os, sys\n{'cwd': os.getcwd(), 'path': '/nonexistent-tessera' in sys.path,"
-                                          " 'leak': os.environ.get('TESSERA_LEAK'), 'keep': os.environ.get('TESSERA_KEEP')}"))
+                                          " 'leak': os.environ.get('TESSERA_LEAK'), 'keep': os.environ.get('TESSERA_KEEP')}",
+                                          **self.affinity))
         self.assertNotEqual(out["cwd"], "/")
         self.assertEqual((out["path"], out["leak"], out["keep"]), (False, None, "yes"))
 
@@ -176,8 +186,7 @@ class ScriptCases:
         name = o["shm"]["name"]
         seg = shared_memory.SharedMemory(name=name)
         np.testing.assert_array_equal(np.ndarray((3,), np.int16, buffer=seg.buf), [7, -8, 9])
-        seg.close()
-        seg.unlink()  # the host owns what a COMPLETION named (Appose rule): dispose
+        self.dispose_output(seg)
         self.assertFalse(shm_exists(name))
 
     def test_4_threads_x_100_tasks_each_finish_exactly_once(self):

@@ -112,6 +112,9 @@ class Supervisor {
   // Restarts a dead (or running: it is killed first) worker, with backoff on
   // repeated start failures; "gave up" after max_start_failures.
   Result<void> respawn(int worker);
+  // Stops a worker for good: stdin EOF (it finishes the tasks it holds), SIGKILL after
+  // stop_grace, never respawned; queued tasks pinned to it fail. Unknown id: not_found.
+  Result<void> remove_worker(int worker);
   void set_event_handler(std::function<void(const WorkerEvent&)> handler);
   Result<void> kill_worker(int worker, int sig);
   int worker_pid(int worker) const;  // -1 if unknown or not running

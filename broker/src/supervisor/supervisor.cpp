@@ -72,6 +72,7 @@ struct Worker {
   bool first_start = true;      // add_worker(): a failure is returned, never retried
   bool ever_ready = false;
   bool respawn_requested = false;
+  bool removing = false;            // remove_worker(): stopped for good once it exits
   bool killed_by_us = false;        // deadline / cancel escalation / stop: not a crash of its own
   std::uint64_t finished_here = 0;  // tasks that got their terminal on this process
   std::chrono::steady_clock::time_point ready_at{};
@@ -527,6 +528,14 @@ class Supervisor::Impl {
       auto it = tasks.find(tid);
       if (it != tasks.end()) task_lost(*it->second, w, report);
     }
+    if (w.removing) {  // remove_worker(): never respawned; work pinned to it fails
+      w.state = WState::removed;
+      fail_waiters(w, fail(Errc::closed, fmt::format("{} was removed", w.name)));
+      fail_unrunnable_queued();
+      dispatch_queue();
+      check_shutdown();
+      return;
+    }
     const bool short_lived = was == WState::ready && !w.respawn_requested && !w.killed_by_us && held.empty() &&
                              w.finished_here == 0 &&
                              std::chrono::steady_clock::now() - w.ready_at < opt.min_uptime;
@@ -706,7 +715,7 @@ class Supervisor::Impl {
   }
 
   Result<std::string> submit(int worker, std::string script, json::object inputs, TaskCallback cb,
-                             std::string id, std::optional<std::string> queue = std::nullopt) {
+                             std::string id, std::optional<std::string> appose_queue = std::nullopt) {
     if (shutting_down) return fail(Errc::closed, "supervisor is shutting down");
     if (worker >= 0) {
       Worker* w = find_worker(worker);
@@ -721,7 +730,7 @@ class Supervisor::Impl {
     t->id = id.empty() ? new_id() : std::move(id);
     t->script = std::move(script);
     t->inputs = std::move(inputs);
-    t->queue = std::move(queue);
+    t->queue = std::move(appose_queue);
     t->cb = std::move(cb);
     t->pinned = worker;
     const std::string tid = t->id;
@@ -973,6 +982,24 @@ Result<void> Supervisor::respawn(int worker) {
     }
   });
   return fut.get();
+}
+
+Result<void> Supervisor::remove_worker(int worker) {
+  Impl& im = *impl_;
+  return im.call([&]() -> Result<void> {
+    Worker* w = im.find_worker(worker);
+    if (w == nullptr || w->state == WState::removed) return fail(Errc::not_found, fmt::format("no worker {}", worker));
+    w->removing = true;
+    if (w->respawn_timer != 0) im.loop->cancel(w->respawn_timer);
+    w->respawn_timer = 0;
+    if (w->alive()) {
+      im.stop_worker(*w);  // stdin EOF: it finishes what it holds, then exits (killed after stop_grace)
+    } else {
+      w->state = WState::removed;
+      im.fail_unrunnable_queued();
+    }
+    return {};
+  });
 }
 
 void Supervisor::set_event_handler(std::function<void(const WorkerEvent&)> handler) {
