@@ -81,15 +81,16 @@ class ViaBrokerTest(ScriptCases, unittest.TestCase):
 class BrokerLifecycleTest(unittest.TestCase):
     def test_workers_stop_finishes_held_work_and_removes_the_worker(self):
         env = dict(os.environ, XDG_RUNTIME_DIR=private_runtime_dir(self))
-        b = BrokerDriver(BROKER, WORKER, count=2, env=env, worker_env=worker_env())
+        # The canary as an init step: a pool worker is ready once its Python runs scripts.
+        b = BrokerDriver(BROKER, WORKER, count=2, env=env, worker_env=worker_env(), start_inputs={"init": ["ready"]})
         self.addCleanup(b.close)
         w0, w1 = b.workers
-        slow = b.start("import time\ntime.sleep(0.5)\n'finished'", worker=w0)
-        self.assertTrue(b.wait_launch(slow))
-        time.sleep(0.1)
+        slow = b.start("import time\ntask.update('started')\ntime.sleep(0.5)\n'finished'", worker=w0)
+        self.assertTrue(b.host.wait_for(lambda: any(m["responseType"] == "UPDATE" for _, m in b.msgs.get(slow, [])), 20))
         stop = b.op("workers.stop", {"workers": [w0]})
         self.assertEqual(outputs(stop), {"stopped": [w0]})
-        self.assertEqual(outputs([m for _, m in b.wait(slow)]), {"result": "finished"})
+        done = [m for _, m in b.wait(slow)]
+        self.assertEqual(outputs(done), {"result": "finished"}, (done, b.stderr_text()[-3000:]))
         late = b.run("1", worker=w0)
         self.assertEqual(late[-1]["responseType"], "FAILURE", late)
         self.assertEqual(outputs(b.run("2")), {"result": 2}, "the other worker still serves")
