@@ -99,13 +99,15 @@ class ApposeHost:
                 self.cond.wait(left)
             return True
 
-    def wait(self, task, timeout=30.0):
-        """Every (time, message) of `task` once its terminal arrived; AssertionError on timeout."""
+    def wait(self, task, timeout=30.0, settle=0.02):
+        """Every (time, message) of `task` once its terminal arrived; AssertionError on timeout.
+        `settle`: then wait that long, so that a (wrong) second terminal would be seen."""
         ok = self.wait_for(lambda: any(m["responseType"] in TERMINAL for _, m in self.msgs.get(task, [])), timeout)
         if not ok:
             raise AssertionError(f"task {task} did not finish within {timeout} s: {self.msgs.get(task)}; "
                                  f"stderr: {self.stderr_text()[-2000:]}")
-        time.sleep(0.02)  # let a (wrong) second terminal arrive, so tests can see it
+        if settle > 0:
+            time.sleep(settle)
         with self.cond:
             return list(self.msgs[task])
 
