@@ -34,15 +34,26 @@ class ApposeHost:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(init_script)
             env["APPOSE_INIT_SCRIPT"] = self.init_path
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, cwd=cwd)
+        self._attach(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env, cwd=cwd))
+
+    @classmethod
+    def adopt(cls, proc):
+        """A host for a worker process started elsewhere (stdin/stdout pipes; stderr not read)."""
+        self = cls.__new__(cls)
+        self.init_path = None
+        self._attach(proc)
+        return self
+
+    def _attach(self, proc):
+        self.proc = proc
         self.cond = threading.Condition()
         self.msgs = {}       # task -> [(t, msg)]
         self.invalid = []    # stdout lines that are not strict ASCII JSON objects
         self.stderr = []
         self.write_lock = threading.Lock()
         self.t_out = threading.Thread(target=self._read_out, daemon=True)
-        self.t_err = threading.Thread(target=self._read_err, daemon=True)
+        self.t_err = threading.Thread(target=self._read_err if proc.stderr else (lambda: None), daemon=True)
         self.t_out.start()
         self.t_err.start()
 
@@ -140,7 +151,8 @@ class ApposeHost:
         self.t_out.join(5)
         self.t_err.join(5)
         for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
+            if f is not None:
+                f.close()
         if self.init_path and os.path.exists(self.init_path):
             os.unlink(self.init_path)
         return rc

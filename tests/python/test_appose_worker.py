@@ -16,6 +16,8 @@ import numpy as np
 from appose_host import TERMINAL, ApposeHost, kinds, outputs
 from tessera_test_support import EXAMPLES_DIR, PYTHON
 
+sys.path.insert(0, EXAMPLES_DIR)
+
 WORKER = [PYTHON, "-m", "tessera.worker"]
 
 INIT = """
@@ -281,6 +283,46 @@ class DirectWorkerTest(ScriptCases, unittest.TestCase):
         self.assertEqual(got, [["1", 40, False], ["1", 40, False], ["2", 40, False]])
         self.assertEqual(h.invalid, [])
         self.assertEqual(h.close(), 0)
+
+
+
+class TilesBesideScriptsTest(unittest.TestCase):
+    """Started by a Tessera broker (arena inherited), the same process serves tiles with
+    a handler a script registered, while other scripts keep running."""
+
+    def test_script_registers_a_handler_and_tiles_flow_beside_a_running_script(self):
+        from tessera_test_support import collect, random_rgb, reap, small_client, spawn_script, stderr_file, submit_rgb
+        import numpy_worker  # noqa: F401 - importable: examples dir on sys.path (below)
+
+        client = small_client()
+        self.addCleanup(client.close)
+        index, slot, proc = spawn_script(client, WORKER, stderr=stderr_file(self))
+        self.addCleanup(reap, proc)
+        host = ApposeHost.adopt(proc)
+        msgs = host.run("tessera.ready")
+        self.assertEqual(msgs[-1]["responseType"], "FAILURE", "no handler yet: not serving tiles")
+        msgs = host.run(f"import sys\nsys.path.insert(0, {EXAMPLES_DIR!r})\nimport numpy_worker, tessera.worker\n"
+                        "tessera.worker.serve(numpy_worker.handler, max_batch=8, timeout=0.05)")
+        self.assertEqual(kinds(msgs), ["LAUNCH", "COMPLETION"], msgs)
+        self.assertEqual(outputs(host.run("tessera.ready"))["slot"], slot)
+        # A long script runs on the main thread; tiles are served meanwhile (beside, not between).
+        long_task = host.start("import time\nwhile not task.cancel_requested:\n    time.sleep(0.01)\ntask.cancel()")
+        self.assertTrue(host.wait_launch(long_task))
+        rng = np.random.default_rng(3)
+        s = client.open_stream(ordered=True)
+        tiles = [random_rgb(rng, 16, 16) for _ in range(20)]
+        for t in tiles:
+            submit_rgb(client, s, t)
+        got = collect(client, len(tiles))
+        self.assertEqual([r.outcome for r in got], ["completed"] * len(tiles), [r.error for r in got])
+        for t, r in zip(tiles, got):
+            np.testing.assert_array_equal(r.output, numpy_worker.reference_mask(t))
+        self.assertFalse(any(m["responseType"] in TERMINAL for _, m in host.msgs[long_task]), "still running")
+        host.cancel(long_task)
+        self.assertEqual(kinds([m for _, m in host.wait(long_task)]), ["LAUNCH", "CANCELATION"])
+        self.assertEqual(host.close(), 0)
+        self.assertEqual(host.invalid, [])
+        self.assertEqual(client.held_blocks(slot), 0)
 
 
 if __name__ == "__main__":

@@ -96,8 +96,13 @@ def main(argv=None) -> int:
     server = ScriptWorker(protocol, threads=max(0, args.threads), recycle_after=max(0, args.recycle_after),
                           max_rss_mb=max(0.0, args.max_rss_mb), reexec_argv=["-m", "tessera.worker", *raw_argv])
     _server = server
-    sys.modules.setdefault("tessera.worker", sys.modules[__name__])  # `python -m` runs this as __main__
-    sys.modules["tessera.worker"]._server = server
+    # `python -m` runs this file as __main__: make `import tessera.worker` in scripts and
+    # handler modules find this very module (its _server, its context), not a second copy.
+    this = sys.modules.setdefault("tessera.worker", sys.modules[__name__])
+    this._server = server
+    package = sys.modules.get("tessera")
+    if package is not None and not hasattr(package, "worker"):
+        package.worker = this
     handler: Optional[Handler] = None
     try:
         for d in reversed(args.path):
