@@ -11,7 +11,7 @@ import time
 import unittest
 from multiprocessing import resource_tracker
 
-from appose_host import BrokerDriver, kinds, outputs
+from appose_host import ApposeHost, BrokerDriver, kinds, outputs
 from test_appose_worker import INIT, WORKER, ScriptCases, shm_exists
 
 BROKER = os.path.join(os.environ.get("TESSERA_BIN_DIR", ""), "tessera-broker")
@@ -96,6 +96,16 @@ class BrokerLifecycleTest(unittest.TestCase):
         self.assertEqual(outputs(b.run("2")), {"result": 2}, "the other worker still serves")
         self.assertEqual(outputs(b.op("stats"))["workers"], 1)
         self.assertEqual(b.close(), 0)
+
+    def test_failing_service_init_fails_workers_start_with_the_traceback(self):
+        env = dict(os.environ, XDG_RUNTIME_DIR=private_runtime_dir(self))
+        h = ApposeHost([BROKER, "--appose"], env=env, init_script="import json\nraise ValueError('init boom (probe)')\n")
+        self.addCleanup(h.close)
+        msgs = h.run("workers.start", {"argv": WORKER, "env": worker_env(), "ready_timeout_ms": 30000}, timeout=60)
+        self.assertEqual(kinds(msgs), ["LAUNCH", "FAILURE"], msgs)
+        self.assertIn("ValueError: init boom (probe)", msgs[-1]["error"])
+        self.assertFalse(os.path.exists(h.init_path), "the broker deleted the init script file (Appose convention)")
+        self.assertEqual(h.close(), 0)
 
     def test_sigkilled_broker_leaves_no_owned_output_segment_after_the_next_start(self):
         rt = private_runtime_dir(self)
