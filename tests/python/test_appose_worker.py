@@ -5,9 +5,7 @@ Appose host (appose_host.py) directly, with no broker; and the same scripts thro
 import os
 import random
 import sys
-import tempfile
 import threading
-import time
 import unittest
 from multiprocessing import shared_memory
 

@@ -42,7 +42,7 @@ import threading
 import time
 import traceback
 import types
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 

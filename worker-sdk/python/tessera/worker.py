@@ -28,7 +28,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 from .sdk import Handler, context  # noqa: F401 - `context` is part of this module's API
 
