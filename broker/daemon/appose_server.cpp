@@ -12,9 +12,13 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <boost/interprocess/exceptions.hpp>
@@ -123,9 +127,81 @@ ap::Response failure(const std::string& task, std::string error) {
   return r;
 }
 
+// The record of owned output segments, so that a broker killed with SIGKILL (which
+// cannot clean up) leaves nothing behind for long: every adopted name is appended as
+// "+name", every release as "-name", to <dir>/appose-owned-<pid> (dir: per user,
+// mode 0700). A clean exit removes the file; the next `--appose` start unlinks what
+// the files of dead brokers still list. Appending one short line per segment with
+// O_APPEND is one write(2), atomic against a crash mid-record.
+class OwnedRecord {
+ public:
+  OwnedRecord() {
+    const char* base = std::getenv("XDG_RUNTIME_DIR");
+    dir_ = fmt::format("{}/tessera-{}", (base != nullptr && *base != '\0') ? base : "/tmp", ::getuid());
+    if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST) {
+      spdlog::warn("cannot create {}: {}; output segments of a killed broker are not recovered", dir_, std::strerror(errno));
+      return;
+    }
+    struct stat st {};
+    if (::lstat(dir_.c_str(), &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::getuid() || (st.st_mode & 0077) != 0) {
+      spdlog::warn("{} is not a private directory of this user: output segments of a killed broker are not recovered", dir_);
+      return;
+    }
+    path_ = fmt::format("{}/appose-owned-{}", dir_, ::getpid());
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd_ < 0) spdlog::warn("cannot write {}: {}", path_, std::strerror(errno));
+  }
+  ~OwnedRecord() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      ::unlink(path_.c_str());
+    }
+  }
+  OwnedRecord(const OwnedRecord&) = delete;
+  OwnedRecord& operator=(const OwnedRecord&) = delete;
+
+  void note(char sign, const std::string& name) {
+    if (fd_ < 0) return;
+    const std::string line = sign + name + "\n";
+    [[maybe_unused]] const auto n = ::write(fd_, line.data(), line.size());
+  }
+
+  // Unlinks the segments that the records of dead brokers still own; returns how many.
+  std::size_t recover() {
+    std::size_t unlinked = 0;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
+      const std::string file = e.path().filename().string();
+      if (!file.starts_with("appose-owned-")) continue;
+      const long pid = std::strtol(file.c_str() + 13, nullptr, 10);
+      if (pid <= 0 || pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+      std::ifstream in(e.path());
+      std::set<std::string> owned;
+      for (std::string line; std::getline(in, line);) {
+        if (line.size() < 2) continue;
+        if (line[0] == '+') owned.insert(line.substr(1));
+        else if (line[0] == '-') owned.erase(line.substr(1));
+      }
+      for (const auto& name : owned) {
+        if (name.find('/') == std::string::npos && boost::interprocess::shared_memory_object::remove(name.c_str())) ++unlinked;
+      }
+      std::filesystem::remove(e.path(), ec);
+      spdlog::info("recovered the output segments of dead broker pid {}: {} unlinked", pid, owned.size());
+    }
+    return unlinked;
+  }
+
+ private:
+  std::string dir_;
+  std::string path_;
+  int fd_ = -1;
+};
+
 // Segments named in forwarded outputs: the broker owns them from then on.
 class OutputSegments {
  public:
+  explicit OutputSegments(OwnedRecord& record) : record_(record) {}
+
   // Checks every shm object in `v`; returns an error naming the first bad field.
   std::optional<std::string> adopt(const json::value& v, const std::string& path) {
     if (const auto* o = v.if_object()) {
@@ -153,7 +229,7 @@ class OutputSegments {
           return fmt::format("{}: segment '{}' is smaller than its rsize or rsize is invalid", path, n);
         }
         std::lock_guard<std::mutex> lock(mu_);
-        names_.insert(n);
+        if (names_.insert(n).second) record_.note('+', n);
         return std::nullopt;
       }
       for (const auto& kv : *o) {
@@ -171,7 +247,9 @@ class OutputSegments {
     std::size_t n = 0;
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& name : names) {
-      if (names_.erase(name) != 0 && boost::interprocess::shared_memory_object::remove(name.c_str())) ++n;
+      if (names_.erase(name) == 0) continue;
+      record_.note('-', name);
+      if (boost::interprocess::shared_memory_object::remove(name.c_str())) ++n;
     }
     return n;
   }
@@ -179,7 +257,10 @@ class OutputSegments {
   std::size_t release_all() {
     std::lock_guard<std::mutex> lock(mu_);
     std::size_t n = 0;
-    for (const auto& name : names_) n += boost::interprocess::shared_memory_object::remove(name.c_str()) ? 1 : 0;
+    for (const auto& name : names_) {
+      n += boost::interprocess::shared_memory_object::remove(name.c_str()) ? 1 : 0;
+      record_.note('-', name);
+    }
     names_.clear();
     return n;
   }
@@ -190,8 +271,84 @@ class OutputSegments {
   }
 
  private:
+  OwnedRecord& record_;
   std::mutex mu_;
   std::set<std::string> names_;
+};
+
+// Service.init() of the host: appose writes the script to a file named by
+// APPOSE_INIT_SCRIPT in its worker's environment -- here, the broker's. The broker
+// reads and deletes it (the Appose convention) and runs it as the first init step of
+// every pool worker, respawns included, wrapped so that its top-level names are
+// exported to later tasks as an init script's are (`task.export`, which both the
+// reference worker and tessera.worker provide). The text travels as a bytes literal
+// of its UTF-8, so any content survives.
+std::optional<std::string> take_host_init_script() {
+  const char* path = std::getenv("APPOSE_INIT_SCRIPT");
+  if (path == nullptr || *path == '\0') return std::nullopt;
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    spdlog::warn("APPOSE_INIT_SCRIPT={} cannot be read: ignored", path);
+    return std::nullopt;
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  ::unlink(path);
+  ::unsetenv("APPOSE_INIT_SCRIPT");
+  std::string lit = "b\"";
+  for (const unsigned char c : ss.str()) {
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') lit.push_back(static_cast<char>(c));
+    else lit += fmt::format("\\x{:02x}", c);
+  }
+  lit += "\"";
+  return "__tessera_init = {}\n"
+         "exec(compile(" + lit + ".decode('utf-8'), '<appose init script>', 'exec'), __tessera_init)\n"
+         "__tessera_init.pop('__builtins__', None)\n"
+         "task.export(**__tessera_init)\n";
+}
+
+// Which pool worker runs a session's tasks: the first task of a session picks the
+// live worker with the fewest sessions; later ones go to the same worker, so state a
+// script keeps there (task.export, a loaded model) is seen by the next task.
+class Sessions {
+ public:
+  void add_workers(const json::array& ids) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& v : ids) {
+      if (v.is_int64()) live_.insert(static_cast<int>(v.get_int64()));
+    }
+  }
+  void remove_worker(int w) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.erase(w);
+    std::erase_if(sessions_, [w](const auto& kv) { return kv.second == w; });
+  }
+  std::vector<int> live() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {live_.begin(), live_.end()};
+  }
+  // -1 if there is no live worker.
+  int pick(const std::string& session) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = sessions_.find(session); it != sessions_.end()) return it->second;
+    int best = -1;
+    std::size_t best_n = 0;
+    for (int w : live_) {
+      const auto n = static_cast<std::size_t>(std::count_if(sessions_.begin(), sessions_.end(),
+                                                            [w](const auto& kv) { return kv.second == w; }));
+      if (best < 0 || n < best_n) {
+        best = w;
+        best_n = n;
+      }
+    }
+    if (best >= 0) sessions_[session] = best;
+    return best;
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<int> live_;
+  std::map<std::string, int> sessions_;
 };
 
 template <class T>
@@ -284,7 +441,13 @@ int run_appose(const Options& opts) {
 
   ProtocolOut out(proto_fd);
   HostTasks host(out);
-  OutputSegments segments;
+  OwnedRecord record;
+  if (const std::size_t n = record.recover(); n != 0) {
+    spdlog::info("unlinked {} output segment(s) left by a killed broker", n);
+  }
+  OutputSegments segments(record);
+  Sessions sessions;
+  const std::optional<std::string> host_init = take_host_init_script();
   SupervisorOptions so;
   so.loop = opts.loop;
   auto created = Supervisor::create(so);
@@ -329,6 +492,7 @@ int run_appose(const Options& opts) {
         host.emit(failure(id, spec.error().message));
         return;
       }
+      if (host_init) spec->init_scripts.insert(spec->init_scripts.begin(), *host_init);
       const int count = get_num<int>(req.inputs, "count").value_or(1);
       std::lock_guard<std::mutex> lock(ops_mu);
       ops.emplace_back([&, id, count, s = std::move(*spec)] {
@@ -342,6 +506,7 @@ int run_appose(const Options& opts) {
           ids.push_back(*w);
           pids.push_back(sup->worker_pid(*w));
         }
+        sessions.add_workers(ids);
         ap::Response r = make(id, ap::ResponseType::completion);
         r.outputs = json::object{{"workers", ids}, {"pids", pids}};
         host.emit(std::move(r));
@@ -354,8 +519,18 @@ int run_appose(const Options& opts) {
       }
       json::object inner;
       if (const auto* in = req.inputs.if_contains("inputs"); in != nullptr && in->is_object()) inner = in->get_object();
-      const int worker = get_num<int>(req.inputs, "worker").value_or(-1);
-      auto sub = sup->submit(worker, std::string(script->get_string()), std::move(inner),
+      int worker = get_num<int>(req.inputs, "worker").value_or(-1);
+      if (const auto* s = req.inputs.if_contains("session"); s != nullptr && !s->is_null() && worker < 0) {
+        const std::string key = s->is_string() ? std::string(s->get_string()) : ap::to_ascii_json(*s);
+        worker = sessions.pick(key);
+        if (worker < 0) {
+          host.emit(failure(id, "worker.run: no live worker for session '" + key + "'"));
+          return;
+        }
+      }
+      std::optional<std::string> queue;
+      if (const auto* q = req.inputs.if_contains("queue"); q != nullptr && q->is_string()) queue = std::string(q->get_string());
+      auto sub = sup->submit(worker, std::string(script->get_string()), std::move(inner), std::move(queue),
                              [&host, &segments, id](const ap::Response& r) {
                                ap::Response fwd = r;
                                fwd.task = id;
@@ -379,12 +554,38 @@ int run_appose(const Options& opts) {
       ap::Response r = make(id, ap::ResponseType::completion);
       r.outputs = json::object{{"released", segments.release(names)}};
       host.emit(std::move(r));
+    } else if (op == "workers.stop") {
+      std::vector<int> which;
+      if (const auto* a = req.inputs.if_contains("workers"); a != nullptr && a->is_array()) {
+        for (const auto& v : a->get_array()) {
+          if (v.is_int64()) which.push_back(static_cast<int>(v.get_int64()));
+        }
+      } else {
+        which = sessions.live();
+      }
+      json::array stopped;
+      std::string errors;
+      for (int w : which) {
+        if (auto r = sup->remove_worker(w); r) {
+          sessions.remove_worker(w);
+          stopped.push_back(w);
+        } else {
+          errors += (errors.empty() ? "" : "; ") + r.error().message;
+        }
+      }
+      if (!errors.empty()) {
+        host.emit(failure(id, "workers.stop: " + errors));
+      } else {
+        ap::Response r = make(id, ap::ResponseType::completion);
+        r.outputs = json::object{{"stopped", std::move(stopped)}};
+        host.emit(std::move(r));
+      }
     } else if (op == "shutdown") {
       host.emit(make(id, ap::ResponseType::completion));
       shutdown_requested = true;
     } else {
       host.emit(failure(id, "unknown operation '" + op +
-                                "'; known: ping, stats, workers.start, worker.run, shm.release, shutdown"));
+                                "'; known: ping, stats, workers.start, workers.stop, worker.run, shm.release, shutdown"));
     }
   };
 

@@ -3,8 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <charconv>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -285,6 +288,56 @@ TEST(ApposeEmit, UpdateAlwaysCarriesTypedFieldsOnly) {
 }
 
 // ---- framing --------------------------------------------------------------------
+
+TEST(ApposeNumbers, EveryDoubleRoundTripsBitForBit) {
+  // Boost.JSON 1.81's own parser gets some of these 1 ulp wrong; ours must not.
+  std::mt19937_64 rng(20261201);
+  int checked = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const std::uint64_t bits = rng();
+    double d = 0;
+    std::memcpy(&d, &bits, sizeof d);
+    if (!std::isfinite(d)) continue;
+    char text[64];
+    // Shortest round-trip text, always with an exponent (as Python writes floats: never a bare integer).
+    const auto end = std::to_chars(text, text + sizeof text, d, std::chars_format::scientific).ptr;
+    const std::string line = R"({"task":"t","responseType":"COMPLETION","outputs":{"d":)" + std::string(text, end) + "}}";
+    auto r = ap::parse_response(line);
+    ASSERT_TRUE(r) << r.error().message;
+    const json::value& v = r.value().outputs->at("d");
+    ASSERT_TRUE(v.is_double()) << line;
+    const double d1 = v.get_double();
+    ASSERT_EQ(std::memcmp(&d1, &d, sizeof d), 0) << line;
+    // ... and emitting it again gives a text that reads back to the same bits.
+    auto again = ap::parse_response(ap::encode(r.value()));
+    ASSERT_TRUE(again);
+    const double d2 = again.value().outputs->at("d").get_double();
+    ASSERT_EQ(std::memcmp(&d2, &d, sizeof d), 0) << ap::encode(r.value());
+    ++checked;
+  }
+  EXPECT_GT(checked, 19000);
+}
+
+TEST(ApposeNumbers, IntegersBeyond64BitsStayIntegers) {
+  const std::string line =
+      R"({"task":"t","requestType":"EXECUTE","script":"s","inputs":{"a":1180591620717411303424,)"
+      R"("b":-1180591620717411303427,"c":18446744073709551615,"d":-9223372036854775808,"e":[100000000000000000000000000000007]}})";
+  auto r = ap::parse_request(line);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_TRUE(r.value().inputs.at("c").is_uint64());
+  EXPECT_TRUE(r.value().inputs.at("d").is_int64());
+  const std::string out = ap::encode(r.value());
+  EXPECT_NE(out.find(R"("a":1180591620717411303424,)"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("b":-1180591620717411303427,)"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("c":18446744073709551615,)"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("d":-9223372036854775808,)"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("e":[100000000000000000000000000000007])"), std::string::npos) << out;
+  // A number with a fraction or exponent is a double, however long.
+  auto f = ap::parse_request(R"({"task":"t","requestType":"EXECUTE","script":"s","inputs":{"x":1e400,"y":2.0e1}})");
+  ASSERT_TRUE(f);
+  EXPECT_TRUE(f.value().inputs.at("y").is_double());
+  EXPECT_NE(ap::encode(f.value()).find(R"("x":null)"), std::string::npos) << "out of range -> infinite -> null";
+}
 
 TEST(LineFramer, ReassemblesPartialLines) {
   ap::LineFramer f(64);

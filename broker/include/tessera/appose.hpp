@@ -85,6 +85,12 @@ class [[nodiscard]] Parsed {
 // the number of tokens replaced through `replaced` if non-null.
 std::string replace_nonfinite_tokens(std::string_view line, std::size_t* replaced = nullptr);
 
+// Numbers are parsed exactly: every double is correctly rounded from its text (so it
+// is emitted again bit for bit), and an integer that does not fit 64 bits is kept as
+// a string value holding kBigIntPrefix + its digits, which the emitter writes back
+// as the bare integer. (Boost.JSON has no arbitrary-precision number kind.)
+inline constexpr std::string_view kBigIntPrefix{"\x01tessera:bigint:"};
+
 // Parses one line (with or without its trailing '\n').
 Parsed<boost::json::object> parse_object(std::string_view line);
 Parsed<Request> parse_request(std::string_view line);

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,9 @@ class Supervisor {
   // worker gave up) arrive through `cb` as LAUNCH + FAILURE. Fails synchronously
   // only once shutdown() has begun.
   Result<std::string> submit(int worker, std::string script, boost::json::object inputs, TaskCallback cb);
+  // The same, with the Appose `queue` of the EXECUTE (e.g. "main"), forwarded to the worker.
+  Result<std::string> submit(int worker, std::string script, boost::json::object inputs,
+                             std::optional<std::string> queue, TaskCallback cb);
   // Cooperative CANCEL; after cancel_grace the worker is killed (and respawned if
   // auto_respawn). The task reports CANCELATION exactly once (or its real terminal
   // if that arrived first). Unknown or finished ids are ignored.
@@ -108,6 +112,9 @@ class Supervisor {
   // Restarts a dead (or running: it is killed first) worker, with backoff on
   // repeated start failures; "gave up" after max_start_failures.
   Result<void> respawn(int worker);
+  // Stops a worker for good: stdin EOF (it finishes the tasks it holds), SIGKILL after
+  // stop_grace, never respawned; queued tasks pinned to it fail. Unknown id: not_found.
+  Result<void> remove_worker(int worker);
   void set_event_handler(std::function<void(const WorkerEvent&)> handler);
   Result<void> kill_worker(int worker, int sig);
   int worker_pid(int worker) const;  // -1 if unknown or not running

@@ -1,8 +1,11 @@
 // Appose JSON-lines protocol: lenient parsing, strict emitting, task state machine.
 #include <tessera/appose.hpp>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
+
+#include <boost/json/basic_parser_impl.hpp>
 
 namespace tessera::appose {
 
@@ -175,6 +178,72 @@ Parsed<std::string> get_id(const json::object& o, const char* key) {
   return std::string(v->get_string());
 }
 
+// Boost.JSON 1.81's parser rounds some doubles 1 ulp off (it has no precise mode) and
+// turns integers beyond 64 bits into doubles. This handler builds the same values as
+// json::parse, except that every double is re-read from its text with std::from_chars
+// (correctly rounded, so it round-trips bit for bit through the ryu-based serializer),
+// and an integer too large for 64 bits is kept as its digits (see kBigIntPrefix).
+struct PreciseHandler {
+  static constexpr std::size_t max_object_size = json::object::max_size();
+  static constexpr std::size_t max_array_size = json::array::max_size();
+  static constexpr std::size_t max_key_size = json::string::max_size();
+  static constexpr std::size_t max_string_size = json::string::max_size();
+
+  json::value_stack st;
+  std::string number;  // the text of a number split across on_number_part calls
+
+  bool on_document_begin(std::error_code&) { return true; }
+  bool on_document_end(std::error_code&) { return true; }
+  bool on_object_begin(std::error_code&) { return true; }
+  bool on_object_end(std::size_t n, std::error_code&) { st.push_object(n); return true; }
+  bool on_array_begin(std::error_code&) { return true; }
+  bool on_array_end(std::size_t n, std::error_code&) { st.push_array(n); return true; }
+  bool on_key_part(json::string_view s, std::size_t, std::error_code&) { st.push_chars(s); return true; }
+  bool on_key(json::string_view s, std::size_t, std::error_code&) { st.push_key(s); return true; }
+  bool on_string_part(json::string_view s, std::size_t, std::error_code&) { st.push_chars(s); return true; }
+  bool on_string(json::string_view s, std::size_t, std::error_code&) { st.push_string(s); return true; }
+  bool on_number_part(json::string_view s, std::error_code&) { number.append(s.data(), s.size()); return true; }
+  bool on_int64(std::int64_t i, json::string_view, std::error_code&) { number.clear(); st.push_int64(i); return true; }
+  bool on_uint64(std::uint64_t u, json::string_view, std::error_code&) { number.clear(); st.push_uint64(u); return true; }
+  bool on_double(double d, json::string_view s, std::error_code&) {
+    number.append(s.data(), s.size());
+    if (number.find_first_of(".eE") == std::string::npos) {
+      st.push_string(std::string(kBigIntPrefix) + number);  // an integer beyond 64 bits
+    } else {
+      double exact = d;
+      const auto r = std::from_chars(number.data(), number.data() + number.size(), exact);
+      st.push_double(r.ec == std::errc() ? exact : d);  // out of range: keep Boost's (inf -> null)
+    }
+    number.clear();
+    return true;
+  }
+  bool on_bool(bool b, std::error_code&) { st.push_bool(b); return true; }
+  bool on_null(std::error_code&) { st.push_null(); return true; }
+  bool on_comment_part(json::string_view, std::error_code&) { return true; }
+  bool on_comment(json::string_view, std::error_code&) { return true; }
+};
+
+json::value parse_precise(std::string_view text, const json::parse_options& opt, std::error_code& ec) {
+  json::basic_parser<PreciseHandler> p(opt);
+  p.handler().st.reset();
+  const std::size_t n = p.write_some(false, text.data(), text.size(), ec);
+  if (!ec && n < text.size()) ec = json::error::extra_data;
+  if (ec || !p.done()) {
+    if (!ec) ec = json::error::incomplete;
+    return nullptr;
+  }
+  return p.handler().st.release();
+}
+
+bool is_bigint_text(std::string_view s) noexcept {
+  if (!s.empty() && s.front() == '-') s.remove_prefix(1);
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Parsed<json::object> parse_object(std::string_view line) {
@@ -184,7 +253,7 @@ Parsed<json::object> parse_object(std::string_view line) {
   json::parse_options opt;
   opt.allow_invalid_utf8 = true;  // lenient: the emitter replaces bad bytes by U+FFFD
   std::error_code ec;
-  json::value v = json::parse(text, ec, {}, opt);
+  json::value v = parse_precise(text, opt, ec);
   if (ec) {
     std::string shown(line.substr(0, 120));
     return perr(ParseErrc::malformed, "not JSON (" + ec.message() + "): " + shown);
@@ -354,7 +423,15 @@ void append_value(std::string& out, const json::value& v) {
       if (!std::isfinite(v.get_double())) out.append("null");  // never NaN/Infinity on the wire
       else out.append(json::serialize(v));
       break;
-    case json::kind::string: append_string(out, v.get_string()); break;
+    case json::kind::string: {
+      const std::string_view s(v.get_string());
+      if (s.starts_with(kBigIntPrefix) && is_bigint_text(s.substr(kBigIntPrefix.size()))) {
+        out.append(s.substr(kBigIntPrefix.size()));  // an integer beyond 64 bits, as it came
+      } else {
+        append_string(out, s);
+      }
+      break;
+    }
     case json::kind::array: {
       out.push_back('[');
       bool first = true;

@@ -72,6 +72,7 @@ struct Worker {
   bool first_start = true;      // add_worker(): a failure is returned, never retried
   bool ever_ready = false;
   bool respawn_requested = false;
+  bool removing = false;            // remove_worker(): stopped for good once it exits
   bool killed_by_us = false;        // deadline / cancel escalation / stop: not a crash of its own
   std::uint64_t finished_here = 0;  // tasks that got their terminal on this process
   std::chrono::steady_clock::time_point ready_at{};
@@ -84,6 +85,7 @@ struct Task {
   std::string id;
   std::string script;
   json::object inputs;
+  std::optional<std::string> queue;  // Appose `queue` ("main"), forwarded as is
   TaskCallback cb;
   int pinned = -1;
   int worker = -1;
@@ -526,6 +528,14 @@ class Supervisor::Impl {
       auto it = tasks.find(tid);
       if (it != tasks.end()) task_lost(*it->second, w, report);
     }
+    if (w.removing) {  // remove_worker(): never respawned; work pinned to it fails
+      w.state = WState::removed;
+      fail_waiters(w, fail(Errc::closed, fmt::format("{} was removed", w.name)));
+      fail_unrunnable_queued();
+      dispatch_queue();
+      check_shutdown();
+      return;
+    }
     const bool short_lived = was == WState::ready && !w.respawn_requested && !w.killed_by_us && held.empty() &&
                              w.finished_here == 0 &&
                              std::chrono::steady_clock::now() - w.ready_at < opt.min_uptime;
@@ -655,6 +665,7 @@ class Supervisor::Impl {
     r.task = t.id;
     r.script = t.script;
     r.inputs = t.inputs;
+    r.queue = t.queue;
     write_line(w, ap::encode(r));
   }
 
@@ -704,7 +715,7 @@ class Supervisor::Impl {
   }
 
   Result<std::string> submit(int worker, std::string script, json::object inputs, TaskCallback cb,
-                             std::string id) {
+                             std::string id, std::optional<std::string> appose_queue = std::nullopt) {
     if (shutting_down) return fail(Errc::closed, "supervisor is shutting down");
     if (worker >= 0) {
       Worker* w = find_worker(worker);
@@ -719,6 +730,7 @@ class Supervisor::Impl {
     t->id = id.empty() ? new_id() : std::move(id);
     t->script = std::move(script);
     t->inputs = std::move(inputs);
+    t->queue = std::move(appose_queue);
     t->cb = std::move(cb);
     t->pinned = worker;
     const std::string tid = t->id;
@@ -901,8 +913,15 @@ Result<int> Supervisor::add_worker(WorkerSpec spec) {
 }
 
 Result<std::string> Supervisor::submit(int worker, std::string script, json::object inputs, TaskCallback cb) {
+  return submit(worker, std::move(script), std::move(inputs), std::nullopt, std::move(cb));
+}
+
+Result<std::string> Supervisor::submit(int worker, std::string script, json::object inputs,
+                                       std::optional<std::string> queue, TaskCallback cb) {
   Impl& im = *impl_;
-  if (std::this_thread::get_id() == im.loop_tid) return im.submit(worker, std::move(script), std::move(inputs), std::move(cb), {});
+  if (std::this_thread::get_id() == im.loop_tid) {
+    return im.submit(worker, std::move(script), std::move(inputs), std::move(cb), {}, std::move(queue));
+  }
   // Fire and forget: one hop to the loop thread instead of a blocking round trip.
   // Problems found there (no such worker, ...) arrive as LAUNCH + FAILURE.
   // relaxed: a hint only; the loop thread re-checks under its own state.
@@ -910,8 +929,9 @@ Result<std::string> Supervisor::submit(int worker, std::string script, json::obj
   std::string id = im.make_id();
   std::shared_lock<std::shared_mutex> lock(im.api_mu);
   if (im.finished) return fail(Errc::closed, "supervisor is shut down");
-  im.loop->post([&im, worker, id, script = std::move(script), inputs = std::move(inputs), cb = std::move(cb)]() mutable {
-    auto r = im.submit(worker, std::move(script), std::move(inputs), cb, id);
+  im.loop->post([&im, worker, id, script = std::move(script), inputs = std::move(inputs), queue = std::move(queue),
+                 cb = std::move(cb)]() mutable {
+    auto r = im.submit(worker, std::move(script), std::move(inputs), cb, id, std::move(queue));
     if (!r && cb) {
       ap::Response l;
       l.task = id;
@@ -962,6 +982,24 @@ Result<void> Supervisor::respawn(int worker) {
     }
   });
   return fut.get();
+}
+
+Result<void> Supervisor::remove_worker(int worker) {
+  Impl& im = *impl_;
+  return im.call([&]() -> Result<void> {
+    Worker* w = im.find_worker(worker);
+    if (w == nullptr || w->state == WState::removed) return fail(Errc::not_found, fmt::format("no worker {}", worker));
+    w->removing = true;
+    if (w->respawn_timer != 0) im.loop->cancel(w->respawn_timer);
+    w->respawn_timer = 0;
+    if (w->alive()) {
+      im.stop_worker(*w);  // stdin EOF: it finishes what it holds, then exits (killed after stop_grace)
+    } else {
+      w->state = WState::removed;
+      im.fail_unrunnable_queued();
+    }
+    return {};
+  });
 }
 
 void Supervisor::set_event_handler(std::function<void(const WorkerEvent&)> handler) {

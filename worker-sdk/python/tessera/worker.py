@@ -1,15 +1,24 @@
-"""``python3 -m tessera.worker MODULE:HANDLER``: a standalone Tessera worker process.
+"""``python3 -m tessera.worker [MODULE:HANDLER]``: a Tessera worker that is also an Appose worker.
 
-The broker spawns it with the arena inherited (TESSERA_ARENA_FD, TESSERA_SLOT) and
-speaks the Appose protocol on its stdin/stdout. The protocol runs in the C++
-WorkerRuntime: it keeps a private copy of the protocol descriptor and points fd 1 at
-stderr, so ``print()`` in user code never reaches the protocol.
+Started by any Appose host (appose-java or appose-python ``Service``), with or
+without a handler argument, it is a drop-in for ``appose.python_worker``: it runs
+EXECUTE scripts with the reference worker's semantics (LAUNCH, live UPDATEs from
+``task.update``, exactly one terminal; inputs as variables; ``task.export``;
+APPOSE_INIT_SCRIPT; NDArrays in named shared memory). Differences by design are
+listed in docs/protocol.md: one task at a time in submission order (``--threads``
+opts into concurrency), ``print()`` never reaches the protocol (fd 1 is pointed at
+stderr, the protocol has a private descriptor), cwd / sys.path / os.environ are
+restored after each task, ``_`` names are exported too.
 
-The handler is called as ``handler(input_array, tile)`` and returns an array (copied
-into an output block unless it came from ``tile.output``) or None after answering the
-tile itself. Initialisation (``--init MODULE:FUNC``, or the Appose init script named by
-APPOSE_INIT_SCRIPT) runs before the worker can report ready; if it fails, the
-process prints the traceback and exits with status 2.
+Started by a Tessera broker (arena inherited: TESSERA_ARENA_FD, TESSERA_SLOT), the
+same process also serves tiles: the handler given here, or one registered by a
+script with :func:`serve`, runs as ``handler(input_array, tile)`` on its own thread,
+beside the script tasks (see docs/protocol.md for why beside and not between).
+
+Initialisation (``--init MODULE:FUNC``, importing the handler) runs before any
+request is read; if it fails the process prints the traceback and exits with
+status 2. A failing APPOSE_INIT_SCRIPT does not end the process: every task then
+fails with the init traceback (it is also printed on stderr).
 """
 
 from __future__ import annotations
@@ -19,31 +28,22 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Optional
 
-from . import _tessera
-from .sdk import Worker, context  # noqa: F401 - `context` is part of this module's API
+from .sdk import Handler, context  # noqa: F401 - `context` is part of this module's API
 
-
-class _ScriptTask:
-    """The part of Appose's ``task`` object a script may use here."""
-
-    def __init__(self, inputs: Dict[str, Any]) -> None:
-        self.inputs = inputs
-        self.outputs: Dict[str, Any] = {}
-        self.cancel_requested = False
-
-    def update(self, message: Any = None, current: Any = None, maximum: Any = None) -> None:
-        pass  # scripts here finish synchronously; there is nobody to stream updates to
+_server = None  # the running ScriptWorker (set by main)
 
 
-def run_script(script: str, inputs: Dict[str, Any]) -> Dict[str, Any]:
-    """Runs an Appose script (init or EXECUTE) in the shared namespace; returns task.outputs."""
-    task = _ScriptTask(inputs or {})
-    context.update(inputs or {})
-    context["task"] = task
-    exec(compile(script, "<tessera script>", "exec"), context)  # noqa: S102 - Appose scripts are code by contract
-    return task.outputs
+def serve(handler: Handler, max_batch: int = 16, timeout: float = 0.1) -> None:
+    """Registers ``handler`` for the tiles of the arena this worker was started with.
+
+    Call it from a script (or the init script) of a worker started by a Tessera
+    broker: the tile loop starts at once on its own thread and the script goes on.
+    """
+    if _server is None:
+        raise RuntimeError("tessera.worker.serve() works inside `python3 -m tessera.worker` only")
+    _server.serve_tiles(handler, max_batch=max_batch, timeout=timeout)
 
 
 def resolve(spec: str) -> Callable[..., Any]:
@@ -61,29 +61,56 @@ def resolve(spec: str) -> Callable[..., Any]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m tessera.worker", description=__doc__.splitlines()[0])
-    p.add_argument("handler", help="MODULE:FUNCTION called as handler(input_array, tile)")
+    p.add_argument("handler", nargs="?", default=None,
+                   help="MODULE:FUNCTION called as handler(input_array, tile) on tiles (optional)")
     p.add_argument("--max-batch", type=int, default=16, help="tiles taken at once (default 16)")
     p.add_argument("--timeout", type=float, default=0.1, help="seconds per wait for tiles (default 0.1)")
     p.add_argument("--init", action="append", default=[], metavar="MODULE:FUNCTION",
-                   help="run before the worker reports ready (repeatable)")
+                   help="run before the worker reads requests (repeatable)")
     p.add_argument("--path", action="append", default=[], metavar="DIR", help="prepend DIR to sys.path (repeatable)")
     p.add_argument("--spin-us", type=int, default=50, help="spin before sleeping on the doorbell (default 50)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("TESSERA_APPOSE_THREADS", "0")),
+                   help="run tasks without queue='main' on N threads, concurrently "
+                        "(default 0: every task on the main thread, one at a time, in submission order)")
+    p.add_argument("--recycle-after", type=int, default=int(os.environ.get("TESSERA_APPOSE_RECYCLE_AFTER", "0")),
+                   metavar="N", help="re-execute this process after N tasks (init script replayed)")
+    p.add_argument("--max-rss-mb", type=float, default=float(os.environ.get("TESSERA_APPOSE_MAX_RSS_MB", "0")),
+                   metavar="MB", help="re-execute this process after a task that left it above MB resident")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    # User code may print while it is imported or initialised, before the runtime
-    # owns the protocol: send fd 1 to stderr for that stretch, then give it back.
+    global _server
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw_argv)
+    # The protocol belongs to this module: a private close-on-exec copy of fd 1, and fd 1
+    # (hence print(), sys.stdout, C printf, child processes) pointed at stderr from now on.
     sys.stdout.flush()
-    protocol = os.dup(1)
+    protocol = os.dup(1)  # non-inheritable
     os.dup2(2, 1)
+    sys.stdout.reconfigure(line_buffering=True)
+
+    from .appose import ScriptWorker, install_appose_module, install_stop_signals
+
+    install_appose_module()
+    server = ScriptWorker(protocol, threads=max(0, args.threads), recycle_after=max(0, args.recycle_after),
+                          max_rss_mb=max(0.0, args.max_rss_mb), reexec_argv=["-m", "tessera.worker", *raw_argv])
+    _server = server
+    # `python -m` runs this file as __main__: make `import tessera.worker` in scripts and
+    # handler modules find this very module (its _server, its context), not a second copy.
+    this = sys.modules.setdefault("tessera.worker", sys.modules[__name__])
+    this._server = server
+    package = sys.modules.get("tessera")
+    if package is not None and not hasattr(package, "worker"):
+        package.worker = this
+    handler: Optional[Handler] = None
     try:
         for d in reversed(args.path):
             sys.path.insert(0, d)
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        handler = resolve(args.handler)
+        if args.handler:
+            handler = resolve(args.handler)
         for spec in args.init:
             resolve(spec)()
     except BaseException:  # noqa: BLE001 - report any init failure, exit non-zero
@@ -91,20 +118,19 @@ def main(argv=None) -> int:
         sys.stderr.write(f"tessera.worker: initialisation failed: {sys.exc_info()[1]}\n")
         sys.stderr.flush()
         return 2
-    finally:
-        sys.stdout.flush()
-        os.dup2(protocol, 1)
-        os.close(protocol)
-
-    try:
-        native = _tessera.Worker._with_runtime(on_script=run_script, spin_us=args.spin_us)
-    except _tessera.TesseraError as e:
-        sys.stderr.write(f"tessera.worker: cannot start: {e}\n")
-        return 2
-    sys.stdout.reconfigure(line_buffering=True)  # now goes to stderr
-    worker = Worker(native, runtime=True)
-    worker.run(handler, max_batch=args.max_batch, timeout=args.timeout)
-    return native.finish()
+    server.run_init_script()
+    if handler is not None and server.init_error is None:
+        if os.environ.get("TESSERA_ARENA_FD"):
+            try:
+                server.serve_tiles(handler, max_batch=args.max_batch, timeout=args.timeout)
+            except Exception as e:  # noqa: BLE001 - cannot attach: say so, exit non-zero
+                sys.stderr.write(f"tessera.worker: cannot start: {e}\n")
+                return 2
+        else:
+            sys.stderr.write(f"tessera.worker: no Tessera arena (TESSERA_ARENA_FD unset): {args.handler} "
+                             "imported, tiles not served; running Appose scripts only\n")
+    install_stop_signals(server)
+    return server.run()
 
 
 if __name__ == "__main__":
