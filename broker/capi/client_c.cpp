@@ -523,6 +523,12 @@ TESSERA_API int tessera_client_arena_fd(const tessera_client_t* c) {
   return c->c->arena().fd();
 }
 
+TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* c) {
+  return live(c) ? static_cast<const void*>(c->c->arena().base()) : nullptr;
+}
+
+TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* c) { return live(c) ? c->c->arena().size() : 0; }
+
 TESSERA_API size_t tessera_client_struct_size(int32_t id) {
   switch (id) {
     case TESSERA_STRUCT_CLIENT_OPTIONS: return sizeof(tessera_client_options_t);

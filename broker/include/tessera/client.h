@@ -260,6 +260,10 @@ TESSERA_API int tessera_client_workers(const tessera_client_t* c, tessera_worker
  * "/proc/<host pid>/fd/<this fd>" read-write to get its own descriptor of the same
  * arena (docs/c-abi.md). */
 TESSERA_API int tessera_client_arena_fd(const tessera_client_t* c);
+/* The arena's mapping in this process: its base address and size in bytes (NULL / 0 for
+ * a bad client). Every data pointer the client hands out lies inside it. */
+TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* c);
+TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* c);
 
 /* sizeof of this library's structs, for bindings that read them at fixed offsets. */
 enum tessera_struct_id {
