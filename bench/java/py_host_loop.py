@@ -88,8 +88,20 @@ def main() -> int:
             call_ns += clock() - t0
         done += n
     wall = (clock() - t_start) / 1e9
+    free_block = lib.tessera_client_free_block
+    free_block.argtypes = [vp, u64]
+    t0 = 0
+    for i in range(tiles + warmup):
+        if i == warmup:
+            t0 = clock()
+        if alloc(c, nbytes, 1000000000, p_data, p_cap, p_blk) != 0:
+            check(-1, "alloc")
+        C.memset(data.value, i & 0xFF, 1)
+        free_block(c, blk.value)
+    alloc_free_ns = (clock() - t0) / tiles
     print(json.dumps({"host": "python-ctypes", "tiles": tiles, "workers": workers, "tiles_per_s": round(tiles / wall, 1),
-                      "call_ns_per_tile": round(call_ns / tiles, 1), "failed": bad}))
+                      "call_ns_per_tile": round(call_ns / tiles, 1), "alloc_free_ns": round(alloc_free_ns, 1),
+                      "failed": bad}))
     lib.tessera_client_destroy(c)
     return 0 if bad == 0 else 1
 

@@ -29,6 +29,7 @@ def main() -> int:
     hosts = {
         "c": [f"{b}/bin/tessera-bench-c-host-loop", worker, str(a.tiles), str(a.workers)],
         "java": ["java", "-cp", cp, "HostLoop", worker, str(a.tiles), str(a.workers)],
+        "java-batched": ["java", "-cp", cp, "HostLoop", worker, str(a.tiles), str(a.workers), "batched"],
         "python-ctypes": [sys.executable, f"{here}/py_host_loop.py", so, worker, str(a.tiles), str(a.workers)],
     }
     rows = {h: [] for h in hosts}
@@ -54,12 +55,13 @@ def main() -> int:
         return f"{min(v):.0f}..{max(v):.0f}"
 
     print(f"\n{a.tiles} tiles x {a.rounds} rounds, {a.workers} workers, 768 B tiles, 64 in flight")
-    print(f"{'host':15} {'tiles/s (median, min..max)':32} {'vs C':>6}   {'call ns/tile (median, min..max)':34} {'vs C':>6}")
+    print(f"{'host':15} {'tiles/s (median, min..max)':32} {'vs C':>6}   {'call ns/tile (median, min..max)':34} {'vs C':>6}   {'alloc+free ns (median, min..max)':30} {'vs C':>6}")
     for h in hosts:
         print(f"{h:15} {med(h, 'tiles_per_s'):>10.0f} ({span(h, 'tiles_per_s'):>17})    "
               f"{med(h, 'tiles_per_s') / med('c', 'tiles_per_s'):>6.2f}   "
               f"{med(h, 'call_ns_per_tile'):>10.0f} ({span(h, 'call_ns_per_tile'):>17})      "
-              f"{med(h, 'call_ns_per_tile') / med('c', 'call_ns_per_tile'):>6.2f}")
+              f"{med(h, 'call_ns_per_tile') / med('c', 'call_ns_per_tile'):>6.2f}   "
+              f"{med(h, 'alloc_free_ns'):>8.0f} ({span(h, 'alloc_free_ns'):>13}) {med(h, 'alloc_free_ns') / med('c', 'alloc_free_ns'):>6.2f}")
     return 0
 
 

@@ -77,6 +77,20 @@ void to_c(const tessera::TileMeta& m, tessera_tile_meta_t& out) noexcept {
   out.deadline_ns = m.deadline.count();
 }
 
+tessera::TileMeta from_c(const tessera_tile_meta_t& meta) noexcept {
+  tessera::TileMeta m;
+  m.dtype = static_cast<tessera::DType>(meta.dtype);
+  for (uint32_t i = 0; i < meta.ndim && i < TESSERA_MAX_DIMS; ++i) m.shape.dims[i] = meta.dims[i];
+  m.shape.ndim = static_cast<std::uint8_t>(meta.ndim);
+  m.level = static_cast<std::uint8_t>(meta.level);
+  m.x = meta.x;
+  m.y = meta.y;
+  m.op = meta.op;
+  m.tag = meta.tag;
+  m.deadline = ns(meta.deadline_ns);
+  return m;
+}
+
 // Extended client options; false if the struct is older than its first field set.
 bool apply_ext(const tessera_client_options_ext_t* ext, tessera::ClientOptions& o) noexcept {
   if (ext == nullptr) return true;
@@ -349,16 +363,7 @@ TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tess
     if (meta->level > 255) return invalid("tessera_client_submit: level must be 0..255");
     tessera::InputBlock* in = c->blocks.find(block, "tessera_client_submit");
     if (in == nullptr) return tessera_last_error_code();
-    tessera::TileMeta m;
-    m.dtype = static_cast<tessera::DType>(meta->dtype);
-    for (uint32_t i = 0; i < meta->ndim; ++i) m.shape.dims[i] = meta->dims[i];
-    m.shape.ndim = static_cast<std::uint8_t>(meta->ndim);
-    m.level = static_cast<std::uint8_t>(meta->level);
-    m.x = meta->x;
-    m.y = meta->y;
-    m.op = meta->op;
-    m.tag = meta->tag;
-    m.deadline = ns(meta->deadline_ns);
+    const tessera::TileMeta m = from_c(*meta);
     const auto timeout = timeout_ns > 0 ? ns(timeout_ns) : std::chrono::nanoseconds(std::chrono::seconds(30));
     auto r = c->c->submit(stream, *in, m, static_cast<tessera::SubmitMode>(mode), timeout);
     if (!r) return set_error(r.error());  // the caller still owns the block
@@ -452,6 +457,58 @@ TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream,
                                   s.p50_us, s.p99_us};
     return 0;
   }));
+}
+
+TESSERA_API int tessera_client_alloc_n(tessera_client_t* c, uint64_t bytes, uint32_t n, int64_t timeout_ns,
+                                       tessera_block_info_t* out) {
+  return rec(c, guarded("tessera_client_alloc_n", [&] {
+    if (!live(c)) return invalid("tessera_client_alloc_n: not a client");
+    if (out == nullptr || n == 0) return invalid("tessera_client_alloc_n: no room for blocks");
+    n = std::min<uint32_t>(n, INT_MAX);
+    uint32_t got = 0;
+    for (; got < n; ++got) {
+      tessera::InputBlock in;
+      if (got == 0) {
+        auto r = c->c->alloc(bytes, in, ns(timeout_ns));
+        if (!r) return set_error(r.error());
+      } else if (c->c->try_alloc(bytes, in) != tessera::AllocStatus::ok) {
+        break;  // only what is free at once
+      }
+      out[got].data = in.bytes().data();
+      out[got].capacity = in.bytes().size();
+      out[got].block = c->blocks.insert(std::move(in));
+    }
+    return static_cast<int>(got);
+  }));
+}
+
+TESSERA_API int tessera_client_submit_n(tessera_client_t* c, uint32_t stream, uint32_t n, const tessera_block_t* blocks,
+                                        const tessera_tile_meta_t* metas, int32_t mode, int64_t timeout_ns, uint64_t* seqs) {
+  return rec(c, guarded("tessera_client_submit_n", [&] {
+    if (!live(c)) return invalid("tessera_client_submit_n: not a client");
+    if (n == 0 || blocks == nullptr || metas == nullptr) return invalid("tessera_client_submit_n: no tiles");
+    uint32_t done = 0;
+    for (; done < n; ++done) {
+      const int rc = tessera_client_submit(c, stream, blocks[done], &metas[done], mode, timeout_ns,
+                                           seqs != nullptr ? &seqs[done] : nullptr);
+      if (rc < 0) return done == 0 ? rc : static_cast<int>(done);  // the error stays recorded
+    }
+    return static_cast<int>(std::min<uint32_t>(done, INT_MAX));
+  }));
+}
+
+TESSERA_API int tessera_client_release_n(tessera_client_t* c, const tessera_result_id_t* ids, size_t n) {
+  if (!live(c)) return invalid("tessera_client_release_n: not a client");
+  if (n > 0 && ids == nullptr) return invalid("tessera_client_release_n: ids is NULL");
+  int first_error = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (c->results.find(ids[i], "tessera_client_release_n") == nullptr) {
+      if (first_error == 0) first_error = rec(c, tessera_last_error_code());
+      continue;
+    }
+    c->results.erase(ids[i]);
+  }
+  return first_error != 0 ? first_error : static_cast<int>(std::min<size_t>(n, INT_MAX));
 }
 
 TESSERA_API int tessera_client_wake(tessera_client_t* c) {

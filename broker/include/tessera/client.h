@@ -265,6 +265,27 @@ TESSERA_API int tessera_client_arena_fd(const tessera_client_t* c);
 TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* c);
 TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* c);
 
+/* Batched data-path calls, so that a host whose foreign calls are dear (JNA, ctypes) pays
+ * one call for many tiles. Each behaves as the single-tile call applied in order. */
+typedef struct tessera_block_info {
+  tessera_block_t block;
+  void* data;
+  uint64_t capacity;
+} tessera_block_info_t;
+/* Allocates up to n blocks of at least `bytes`: waits up to timeout_ns for the first, then
+ * takes only what is free at once. Returns how many (>= 1) or a negative code. */
+TESSERA_API int tessera_client_alloc_n(tessera_client_t* c, uint64_t bytes, uint32_t n, int64_t timeout_ns,
+                                       tessera_block_info_t* out);
+/* Submits blocks[i] with metas[i] in order (as n tessera_client_submit calls). Returns
+ * how many were accepted (their blocks are used up; seqs[i], if seqs is not NULL, gets each
+ * sequence number); from the first refused one on, the blocks are still the caller's and
+ * the refusal's error is recorded. A negative code if none was accepted. */
+TESSERA_API int tessera_client_submit_n(tessera_client_t* c, uint32_t stream, uint32_t n, const tessera_block_t* blocks,
+                                        const tessera_tile_meta_t* metas, int32_t mode, int64_t timeout_ns, uint64_t* seqs);
+/* Releases n results. Returns n, or the negative code of the first id that is not a live
+ * result (the others are still released). */
+TESSERA_API int tessera_client_release_n(tessera_client_t* c, const tessera_result_id_t* ids, size_t n);
+
 /* sizeof of this library's structs, for bindings that read them at fixed offsets. */
 enum tessera_struct_id {
   TESSERA_STRUCT_CLIENT_OPTIONS = 1, TESSERA_STRUCT_POOL_SPEC = 2, TESSERA_STRUCT_STREAM_OPTIONS = 3,

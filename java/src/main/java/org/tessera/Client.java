@@ -116,6 +116,16 @@ public final class Client implements AutoCloseable {
   final long arenaBase, arenaSize;
   private final ByteBuffer[] windows;     // direct views of the arena, created on first use
   private final Owned live = new Owned() { @Override void invalidate() {} };  // sentinel
+  // Results closed but not yet released natively: released together (one foreign call for
+  // many tiles) at the next poll, before any wait, when full, and at close.
+  private static final int RELEASE_BATCH = 64;
+  private final ByteBuffer pending;
+  private final long pendingAddr;
+  private int pendingCount;
+  // Batched alloc/submit scratch: tessera_block_info_t[] / tessera_block_t[] + tessera_tile_meta_t[] + seqs.
+  private ByteBuffer batch;
+  private long batchAddr;
+  private int batchMax;
   private volatile boolean wakeRequested;
   private Interruptor interruptor = new Interruptor();
 
@@ -130,6 +140,8 @@ public final class Client implements AutoCloseable {
     windows = new ByteBuffer[(int) ((arenaSize >>> WINDOW_SHIFT) + 1)];
     live.prev = live.next = live;
     ensureResults(64);
+    pending = ByteBuffer.allocateDirect(8 * RELEASE_BATCH).order(ByteOrder.nativeOrder());
+    pendingAddr = address(pending);
   }
 
   // ---------------- creation ----------------
@@ -311,6 +323,10 @@ public final class Client implements AutoCloseable {
     try {
       // Fast path: a free block, no waiting (and no interrupt bookkeeping).
       int rc = tessera_client_alloc(h, bytes, 0, ioAddr, ioAddr + 8, ioAddr + 16);
+      if (rc == -TesseraException.ETIMEDOUT && pendingCount > 0) {
+        flushReleases(h);  // closed results may be holding the blocks
+        rc = tessera_client_alloc(h, bytes, 0, ioAddr, ioAddr + 8, ioAddr + 16);
+      }
       if (rc == -TesseraException.ETIMEDOUT && timeoutNanos > 0) {
         final long deadline = System.nanoTime() + timeoutNanos;
         for (long left = timeoutNanos;;) {
@@ -338,6 +354,39 @@ public final class Client implements AutoCloseable {
   }
 
   /**
+   * Allocates up to {@code max} blocks of at least {@code bytes} into {@code out} with one
+   * foreign call: waits up to {@code timeoutNanos} for the first, then takes only what is
+   * free at once. Returns how many (at least 1).
+   */
+  public int alloc(long bytes, long timeoutNanos, InputBlock[] out, int max) {
+    if (max <= 0 || max > out.length) throw new IllegalArgumentException("alloc: no room for blocks");
+    long h = enter();
+    try {
+      ensureBatch(max);
+      flushReleases(h);
+      int n = tessera_client_alloc_n(h, bytes, max, 0, batchAddr);
+      if (n == -TesseraException.ETIMEDOUT && timeoutNanos > 0) {
+        Interruptor ch = beginBlocking();
+        try {
+          n = tessera_client_alloc_n(h, bytes, max, timeoutNanos, batchAddr);
+        } finally {
+          endBlocking(ch, n == ECANCELED, "alloc");
+        }
+      }
+      if (n < 0) throw TesseraException.fromLastError(n);
+      for (int i = 0; i < n; ++i) {
+        int o = 24 * i;
+        InputBlock b = new InputBlock(this, batch.getLong(o), batch.getLong(o + 8), batch.getLong(o + 16));
+        link(b);
+        out[i] = b;
+      }
+      return n;
+    } finally {
+      exit();
+    }
+  }
+
+  /**
    * Delivers up to {@code out.length} outcomes into {@code out}, waiting up to
    * {@code timeoutNanos} for the first. Returns how many (0 on timeout). Each must be closed.
    */
@@ -350,6 +399,7 @@ public final class Client implements AutoCloseable {
     long h = enter();
     try {
       ensureResults(max);
+      flushReleases(h);
       int n = tessera_client_poll(h, resultsAddr, max, 0);
       if (n == 0 && timeoutNanos > 0) {
         final long deadline = System.nanoTime() + timeoutNanos;
@@ -448,6 +498,7 @@ public final class Client implements AutoCloseable {
       o = next;
     }
     live.next = live.prev = live;
+    pendingCount = 0;  // destroy releases every result
     tessera_client_destroy(handle);
   }
 
@@ -509,19 +560,57 @@ public final class Client implements AutoCloseable {
   }
 
   long metaAddr(TileMeta m) {
-    ByteBuffer b = metaBuf;
+    writeMeta(metaBuf, 0, m);
+    return metaAddr;
+  }
+
+  /** A closed result's native release, deferred and batched (see RELEASE_BATCH). */
+  void deferRelease(long h, long id) {
+    pending.putLong(8 * pendingCount, id);
+    if (++pendingCount == RELEASE_BATCH) flushReleases(h);
+  }
+
+  private void flushReleases(long h) {
+    if (pendingCount == 0) return;
+    int n = pendingCount;
+    pendingCount = 0;
+    check(tessera_client_release_n(h, pendingAddr, n));
+  }
+
+  void ensureBatch(int max) {
+    if (max <= batchMax) return;
+    int cap = Math.max(max, 16);
+    // tessera_block_info_t[cap] (24 B) or tessera_block_t[cap] + tessera_tile_meta_t[cap] + uint64_t[cap]
+    batch = ByteBuffer.allocateDirect(cap * (8 + SIZEOF_TILE_META + 8 + 24)).order(ByteOrder.nativeOrder());
+    batchAddr = address(batch);
+    batchMax = cap;
+  }
+
+  ByteBuffer batch() {
+    return batch;
+  }
+
+  long batchAddr() {
+    return batchAddr;
+  }
+
+  int batchMax() {
+    return batchMax;
+  }
+
+  /** Writes a tessera_tile_meta_t at offset {@code o} of {@code b}. */
+  static void writeMeta(ByteBuffer b, int o, TileMeta m) {
     int nd = m.dims.length;
     if (nd < 1 || nd > 4) throw new IllegalArgumentException("a tile has 1 to 4 dimensions, got " + nd);
-    b.putInt(0, m.dtype.code());
-    b.putInt(4, nd);
-    for (int i = 0; i < 4; ++i) b.putInt(8 + 4 * i, i < nd ? m.dims[i] : 0);
-    b.putInt(24, m.level);
-    b.putInt(28, m.x);
-    b.putInt(32, m.y);
-    b.putInt(36, m.op);
-    b.putLong(40, m.tag);
-    b.putLong(48, m.deadlineNanos);
-    return metaAddr;
+    b.putInt(o, m.dtype.code());
+    b.putInt(o + 4, nd);
+    for (int i = 0; i < 4; ++i) b.putInt(o + 8 + 4 * i, i < nd ? m.dims[i] : 0);
+    b.putInt(o + 24, m.level);
+    b.putInt(o + 28, m.x);
+    b.putInt(o + 32, m.y);
+    b.putInt(o + 36, m.op);
+    b.putLong(o + 40, m.tag);
+    b.putLong(o + 48, m.deadlineNanos);
   }
 
   void link(Owned o) {

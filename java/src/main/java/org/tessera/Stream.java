@@ -59,6 +59,39 @@ public final class Stream implements AutoCloseable {
     }
   }
 
+  /**
+   * Submits {@code blocks[0..n)} with {@code metas[0..n)} in order with one foreign call
+   * (BLOCK mode). Returns how many were accepted; those blocks are used up, the rest are
+   * still the caller's. Throws if none was accepted.
+   */
+  public int submit(InputBlock[] blocks, TileMeta[] metas, int n) {
+    if (n <= 0 || n > blocks.length || n > metas.length) throw new IllegalArgumentException("submit: n out of range");
+    long h = client.enter();
+    try {
+      client.ensureBatch(n);
+      ByteBuffer b = client.batch();
+      int max = client.batchMax();
+      int metaOff = 8 * max, seqOff = metaOff + SIZEOF_TILE_META * max;
+      for (int i = 0; i < n; ++i) {
+        b.putLong(8 * i, blocks[i].handleForSubmit());
+        Client.writeMeta(b, metaOff + SIZEOF_TILE_META * i, metas[i]);
+      }
+      long a = client.batchAddr();
+      int rc = 0;
+      Client.Interruptor ch = client.beginBlocking();
+      try {
+        rc = tessera_client_submit_n(h, id, n, a, a + metaOff, SubmitMode.BLOCK.ordinal(), 0, a + seqOff);
+      } finally {
+        client.endBlocking(ch, rc == -TesseraException.ECANCELED, "submit");
+      }
+      if (rc < 0) throw TesseraException.fromLastError(rc);
+      for (int i = 0; i < rc; ++i) blocks[i].markUsed();
+      return rc;
+    } finally {
+      client.exit();
+    }
+  }
+
   /** Cancels one tile (its outcome is delivered as canceled). */
   public void cancel(long seq) {
     long h = client.enter();

@@ -137,6 +137,11 @@ final class TesseraNative {
   static native int tessera_client_advance_epoch(long c, int stream, long epoch);
   static native int tessera_client_stats(long c, int stream, long out);
 
+  static native int tessera_client_alloc_n(long c, long bytes, int n, long timeoutNs, long out);
+  static native int tessera_client_submit_n(long c, int stream, int n, long blocks, long metas, int mode, long timeoutNs,
+                                            long seqs);
+  static native int tessera_client_release_n(long c, long ids, long n);
+
   static native int tessera_client_wake(long c);
   static native int tessera_client_last_error(long c, long buf, long cap, long code);
   static native int tessera_set_log_sink(LogCallback fn, Pointer user);

@@ -108,7 +108,11 @@ public final class TileResult extends Owned implements AutoCloseable {
     return n;
   }
 
-  /** Releases the output block; the buffer is revoked. Idempotent. */
+  /**
+   * Releases the output block; the buffer is revoked at once. Idempotent. The native release
+   * is batched with other closed results (one foreign call per poll, not per tile); the
+   * client flushes the batch before it polls or waits for a block.
+   */
   @Override
   public void close() {
     if (id == 0) return;
@@ -119,7 +123,7 @@ public final class TileResult extends Owned implements AutoCloseable {
       Revoker.revoke(buffer);
       buffer = null;
       client.unlink(this);
-      Client.check(TesseraNative.tessera_client_release_result(h, r));
+      client.deferRelease(h, r);  // released natively with others at the next poll
     } finally {
       client.exit();
     }
