@@ -54,8 +54,8 @@ static void on_log(void* user, int32_t level, const char* message) {
   (void)user;
 }
 
-static tessera_client_t* make_client(uint32_t reserve_percent, int workers) {
-  tessera_size_class_t classes[1] = {{4096, 8}};
+static tessera_client_t* make_client(uint32_t reserve_percent, int workers, uint32_t blocks) {
+  tessera_size_class_t classes[1] = {{4096, blocks}};
   tessera_client_options_t o;
   tessera_client_options_init(&o);
   o.classes = classes;
@@ -122,7 +122,7 @@ static void* waker(void* p) {
 }
 
 static void test_wake(void) {
-  tessera_client_t* c = make_client(0, 1);
+  tessera_client_t* c = make_client(0, 1, 8);
   if (c == NULL) return;
   uint32_t s;
   CHECK(tessera_client_open_stream(c, NULL, &s) == 0, "open_stream");
@@ -202,7 +202,7 @@ static void* read_error(void* p) {
 }
 
 static void test_errors_workers_arena(void) {
-  tessera_client_t* c = make_client(25, 2);
+  tessera_client_t* c = make_client(25, 2, 8);
   if (c == NULL) return;
   char buf[512];
   int32_t code = 1;
@@ -275,11 +275,76 @@ static void test_errors_workers_arena(void) {
   tessera_client_destroy(c);
 }
 
+static void test_batched(void) {
+  /* 8 blocks, 25 % left to outputs: 6 for inputs. alloc_n takes what is free at once. */
+  tessera_client_t* c = make_client(25, 2, 8);
+  if (c == NULL) return;
+  tessera_block_info_t few[16];
+  int k = tessera_client_alloc_n(c, 768, 16, 1000000000LL, few);
+  CHECK(k == 6, "alloc_n with 6 free: %d", k);
+  for (int i = 0; i < k; ++i) CHECK(tessera_client_free_block(c, few[i].block) == 0, "free %d", i);
+  tessera_client_destroy(c);
+  c = make_client(25, 2, 64);
+  if (c == NULL) return;
+  uint32_t s;
+  tessera_stream_options_t so;
+  tessera_stream_options_init(&so);
+  so.ordering = TESSERA_ORDER_SUBMISSION;
+  CHECK(tessera_client_open_stream(c, &so, &s) == 0, "open_stream");
+  tessera_block_info_t info[16];
+  int n = tessera_client_alloc_n(c, 16 * 16 * 3, 16, 1000000000LL, info);
+  CHECK(n == 16, "alloc_n %d", n);
+  if (n != 16) return;
+  tessera_block_t blocks[16];
+  tessera_tile_meta_t metas[16];
+  uint64_t seqs[16];
+  for (int i = 0; i < 16; ++i) {
+    CHECK(info[i].data != NULL && info[i].capacity >= 768, "block %d", i);
+    memset(info[i].data, (i % 2) ? 250 : 10, 768);
+    blocks[i] = info[i].block;
+    tessera_tile_meta_init(&metas[i]);
+    metas[i].ndim = 3;
+    metas[i].dims[0] = 16; metas[i].dims[1] = 16; metas[i].dims[2] = 3;
+    metas[i].x = i;
+  }
+  /* A forged block in the middle: the first 10 are accepted, the rest stay the caller's. */
+  const tessera_block_t keep = blocks[10];
+  blocks[10] = 0xdeadbeefULL;
+  n = tessera_client_submit_n(c, s, 16, blocks, metas, TESSERA_SUBMIT_BLOCK, 0, seqs);
+  CHECK(n == 10, "submit_n accepted %d", n);
+  CHECK(tessera_last_error_code() == -TESSERA_EBADHANDLE, "the refusal is recorded: %d", tessera_last_error_code());
+  for (int i = 0; i < 10; ++i) CHECK(seqs[i] == (uint64_t)i, "seq %d = %llu", i, (unsigned long long)seqs[i]);
+  blocks[10] = keep;
+  n = tessera_client_submit_n(c, s, 6, blocks + 10, metas + 10, TESSERA_SUBMIT_BLOCK, 0, seqs + 10);
+  CHECK(n == 6, "submit_n rest %d", n);
+  CHECK(tessera_client_submit_n(c, s, 1, blocks, metas, TESSERA_SUBMIT_BLOCK, 0, NULL) == -TESSERA_ESTALE,
+        "a used-up block is stale");
+  tessera_result_t res[16];
+  int got = 0;
+  for (int i = 0; i < 300 && got < 16; ++i) {
+    int k = tessera_client_poll(c, res + got, (size_t)(16 - got), 100000000LL);
+    if (k > 0) got += k;
+  }
+  CHECK(got == 16, "batched: got %d", got);
+  tessera_result_id_t ids[17];
+  for (int i = 0; i < got; ++i) {
+    CHECK(res[i].seq == (uint64_t)i && res[i].outcome == TESSERA_OUTCOME_COMPLETED, "tile %d: %s", i, res[i].error);
+    if (res[i].data != NULL) CHECK(((const uint8_t*)res[i].data)[0] == ((i % 2) ? 0 : 255), "mask of %d", i);
+    ids[i] = res[i].id;
+  }
+  ids[got] = ids[0];  /* a duplicate: reported, the others still released */
+  CHECK(tessera_client_release_n(c, ids, (size_t)got + 1) == -TESSERA_ESTALE, "release_n reports the stale id");
+  CHECK(tessera_client_release_result(c, ids[5]) == -TESSERA_ESTALE, "released by release_n");
+  CHECK(tessera_client_release_n(c, NULL, 0) == 0, "empty release_n");
+  CHECK(tessera_client_alloc_n(c, 100, 0, 0, info) == -TESSERA_EINVAL, "alloc_n of 0");
+  tessera_client_destroy(c);
+}
+
 static void test_log(void) {
   CHECK(tessera_set_log_level(99) == -TESSERA_EINVAL, "bad level");
   CHECK(tessera_set_log_sink(on_log, NULL) == 0, "set sink");
   CHECK(tessera_set_log_level(TESSERA_LOG_INFO) == 0, "info");
-  tessera_client_t* c = make_client(25, 1);
+  tessera_client_t* c = make_client(25, 1, 8);
   tessera_client_destroy(c);
   pthread_mutex_lock(&g_log_mu);
   int started = g_log_info_started;
@@ -287,7 +352,7 @@ static void test_log(void) {
   pthread_mutex_unlock(&g_log_mu);
   CHECK(started >= 1, "info records reach the sink: %d", started);
   CHECK(tessera_set_log_level(TESSERA_LOG_ERROR) == 0, "error level");
-  c = make_client(25, 1);
+  c = make_client(25, 1, 8);
   tessera_client_destroy(c);
   pthread_mutex_lock(&g_log_mu);
   started = g_log_info_started;
@@ -303,6 +368,7 @@ int main(void) {
   if (tessera_client_abi_version() < 2) return 1;
   test_wake();
   test_errors_workers_arena();
+  test_batched();
   test_log();
   if (g_failures != 0) {
     fprintf(stderr, "%d check(s) failed\n", g_failures);

@@ -116,6 +116,49 @@ class ClientTest {
   }
 
   @Test
+  void batchedAllocAndSubmitGiveByteExactMasks() {
+    Random rnd = new Random(15);
+    try (Client c = newClient(2); Stream s = c.openStream(new Client.StreamOptions().ordered(true).maxInFlight(64))) {
+      InputBlock[] blocks = new InputBlock[16];
+      TileMeta[] metas = new TileMeta[16];
+      byte[][] inputs = new byte[160][TILE];
+      int next = 0;
+      while (next < inputs.length) {
+        int k = c.alloc(TILE, 5 * SEC, blocks, Math.min(16, inputs.length - next));
+        assertTrue(k >= 1 && k <= 16);
+        for (int i = 0; i < k; ++i) {
+          rnd.nextBytes(inputs[next + i]);
+          assertTrue(blocks[i].capacity() >= TILE);
+          blocks[i].buffer().put(0, inputs[next + i]);
+          metas[i] = TileMeta.rgb8(H, W).at(0, next + i, 0);
+        }
+        assertEquals(k, s.submit(blocks, metas, k));
+        for (int i = 0; i < k; ++i) assertFalse(blocks[i].isOpen(), "submitted blocks are used up");
+        next += k;
+        if (c.inFlight() >= 48) {
+          for (TileResult r : collect(c, (int) c.inFlight())) {
+            byte[] m = new byte[H * W];
+            r.buffer().get(0, m);
+            assertArrayEquals(expectedMask(inputs[r.x()]), m, "mask of tile " + r.x());
+            assertEquals(r.x(), r.seq());
+            r.close();
+          }
+        }
+      }
+      for (TileResult r : collect(c, (int) c.inFlight())) {
+        byte[] m = new byte[H * W];
+        r.buffer().get(0, m);
+        assertArrayEquals(expectedMask(inputs[r.x()]), m, "mask of tile " + r.x());
+        r.close();
+      }
+      assertEquals(inputs.length, s.stats().completed());
+      // Closed results are released in batches: after a poll, none of their blocks is held.
+      assertEquals(0, c.poll(new TileResult[1], 0));
+      assertEquals(0, c.inFlight());
+    }
+  }
+
+  @Test
   void failedTileCarriesTheWorkersErrorText() {
     try (Client c = newClient(1); Stream s = c.openStream()) {
       submit(c, s, new byte[TILE], 3, 7);
