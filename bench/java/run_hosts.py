@@ -29,6 +29,7 @@ def main() -> int:
     hosts = {
         "c": [f"{b}/bin/tessera-bench-c-host-loop", worker, str(a.tiles), str(a.workers)],
         "java": ["java", "-cp", cp, "HostLoop", worker, str(a.tiles), str(a.workers)],
+        "java-jna": ["java", "-Dtessera.jni=false", "-cp", cp, "HostLoop", worker, str(a.tiles), str(a.workers)],
         "java-batched": ["java", "-cp", cp, "HostLoop", worker, str(a.tiles), str(a.workers), "batched"],
         "python-ctypes": [sys.executable, f"{here}/py_host_loop.py", so, worker, str(a.tiles), str(a.workers)],
     }
@@ -40,6 +41,7 @@ def main() -> int:
                 print(f"{h} failed: {out.stderr[-2000:]}", file=sys.stderr)
                 return 1
             line = json.loads(out.stdout.strip().splitlines()[-1])
+            line["host"] = h
             line["round"] = r
             rows[h].append(line)
             print(json.dumps(line), flush=True)

@@ -322,17 +322,17 @@ public final class Client implements AutoCloseable {
     long h = enter();
     try {
       // Fast path: a free block, no waiting (and no interrupt bookkeeping).
-      int rc = tessera_client_alloc(h, bytes, 0, ioAddr, ioAddr + 8, ioAddr + 16);
+      int rc = Hot.alloc(h, bytes, 0, ioAddr, ioAddr + 8, ioAddr + 16);
       if (rc == -TesseraException.ETIMEDOUT && pendingCount > 0) {
         flushReleases(h);  // closed results may be holding the blocks
-        rc = tessera_client_alloc(h, bytes, 0, ioAddr, ioAddr + 8, ioAddr + 16);
+        rc = Hot.alloc(h, bytes, 0, ioAddr, ioAddr + 8, ioAddr + 16);
       }
       if (rc == -TesseraException.ETIMEDOUT && timeoutNanos > 0) {
         final long deadline = System.nanoTime() + timeoutNanos;
         for (long left = timeoutNanos;;) {
           Interruptor ch = beginBlocking();
           try {
-            rc = tessera_client_alloc(h, bytes, left, ioAddr, ioAddr + 8, ioAddr + 16);
+            rc = Hot.alloc(h, bytes, left, ioAddr, ioAddr + 8, ioAddr + 16);
           } finally {
             endBlocking(ch, rc == ECANCELED, "alloc");
           }
@@ -400,13 +400,13 @@ public final class Client implements AutoCloseable {
     try {
       ensureResults(max);
       flushReleases(h);
-      int n = tessera_client_poll(h, resultsAddr, max, 0);
+      int n = Hot.poll(h, resultsAddr, max, 0);
       if (n == 0 && timeoutNanos > 0) {
         final long deadline = System.nanoTime() + timeoutNanos;
         for (long left = timeoutNanos;;) {
           Interruptor ch = beginBlocking();
           try {
-            n = tessera_client_poll(h, resultsAddr, max, left);
+            n = Hot.poll(h, resultsAddr, max, left);
           } finally {
             endBlocking(ch, n == ECANCELED, "poll");
           }
@@ -526,6 +526,11 @@ public final class Client implements AutoCloseable {
     if (rc < 0) throw TesseraException.fromLastError(rc);
   }
 
+  /** Whether the per-tile calls use the JNI fast path (libtessera_client_jni.so) rather than JNA. */
+  public static boolean jniFastPath() {
+    return Hot.JNI;
+  }
+
   /** Where libtessera_client.so was loaded from. */
   public static String libraryPath() {
     return LOADED_FROM;
@@ -574,7 +579,7 @@ public final class Client implements AutoCloseable {
     if (pendingCount == 0) return;
     int n = pendingCount;
     pendingCount = 0;
-    check(tessera_client_release_n(h, pendingAddr, n));
+    check(Hot.releaseN(h, pendingAddr, n));
   }
 
   void ensureBatch(int max) {

@@ -62,7 +62,7 @@ public final class InputBlock extends Owned implements AutoCloseable {
     try {
       long b = handle;
       markUsed();
-      Client.check(TesseraNative.tessera_client_free_block(h, b));
+      Client.check(Hot.freeBlock(h, b));
     } finally {
       client.exit();
     }

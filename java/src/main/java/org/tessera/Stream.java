@@ -35,14 +35,14 @@ public final class Stream implements AutoCloseable {
       long metaAddr = client.metaAddr(meta);
       long seqAddr = client.ioAddr() + 24;
       // Fast path: FAIL_FAST never waits; only a full stream falls through to the blocking call.
-      int rc = tessera_client_submit(h, id, b, metaAddr, SubmitMode.FAIL_FAST.ordinal(), timeoutNanos, seqAddr);
+      int rc = Hot.submit(h, id, b, metaAddr, SubmitMode.FAIL_FAST.ordinal(), timeoutNanos, seqAddr);
       if (rc == -TesseraException.ENOSPC && mode != SubmitMode.FAIL_FAST) {
         final long budget = timeoutNanos > 0 ? timeoutNanos : 30_000_000_000L;
         final long deadline = System.nanoTime() + budget;
         for (long left = budget;;) {
           Client.Interruptor ch = client.beginBlocking();
           try {
-            rc = tessera_client_submit(h, id, b, metaAddr, mode.ordinal(), left, seqAddr);
+            rc = Hot.submit(h, id, b, metaAddr, mode.ordinal(), left, seqAddr);
           } finally {
             client.endBlocking(ch, rc == -TesseraException.ECANCELED, "submit");
           }

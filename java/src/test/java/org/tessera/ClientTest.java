@@ -279,6 +279,12 @@ class ClientTest {
   }
 
   @Test
+  void theFastPathIsWhatTheRunAskedFor() {
+    // JavaBinding.JUnit runs with libtessera_client_jni.so next to the library, JUnitJnaOnly without it.
+    assertEquals(!"false".equals(System.getProperty("tessera.jni")), Client.jniFastPath(), Client.libraryPath());
+  }
+
+  @Test
   void connectWithoutABrokerFailsWithTheReason() {
     TesseraException e = assertThrows(TesseraException.class,
         () -> Client.connect("/nonexistent-dir/tessera-java-" + ProcessHandle.current().pid() + ".sock", new Client.Options()));
