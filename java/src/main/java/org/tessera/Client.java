@@ -237,7 +237,9 @@ public final class Client implements AutoCloseable {
         exit();
       }
     } finally {
-      Reference.reachabilityFence(argv, env, init);
+      java.lang.ref.Reference.reachabilityFence(argv);  // the native spec points into these
+      java.lang.ref.Reference.reachabilityFence(env);
+      java.lang.ref.Reference.reachabilityFence(init);
     }
   }
 
@@ -711,12 +713,6 @@ public final class Client implements AutoCloseable {
     @Override
     protected void implCloseChannel() throws IOException {
       tessera_client_wake(handle);
-    }
-  }
-
-  private static final class Reference {
-    static void reachabilityFence(Object... refs) {
-      for (Object o : refs) java.lang.ref.Reference.reachabilityFence(o);
     }
   }
 }
