@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstddef>
+#include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -37,11 +40,27 @@ struct tessera_client {
   HandleTable<tessera::InputBlock> blocks;
   HandleTable<tessera::TileResult> results;
   std::vector<tessera::TileResult> scratch;
+  // The last failed call's message, for any thread (tessera_client_last_error).
+  mutable std::mutex err_mu;
+  mutable std::string err_text;
+  mutable int32_t err_code = 0;
 };
 
 namespace {
 
 bool live(const tessera_client* c) noexcept { return c != nullptr && c->magic == tessera_client::kMagic && c->c; }
+
+// Records a failed call's thread error on the client too, so that any thread can read it.
+int rec(const tessera_client* c, int rc) noexcept {
+  if (rc >= 0 || !live(c)) return rc;
+  try {
+    std::lock_guard<std::mutex> lk(c->err_mu);
+    c->err_text = tessera_last_error();  // reuses the string's capacity: no allocation once grown
+    c->err_code = rc;
+  } catch (...) {  // out of memory: the thread's copy is still there
+  }
+  return rc;
+}
 
 std::chrono::nanoseconds ns(int64_t v) noexcept { return std::chrono::nanoseconds(std::max<int64_t>(v, 0)); }
 
@@ -56,6 +75,28 @@ void to_c(const tessera::TileMeta& m, tessera_tile_meta_t& out) noexcept {
   out.op = m.op;
   out.tag = m.tag;
   out.deadline_ns = m.deadline.count();
+}
+
+tessera::TileMeta from_c(const tessera_tile_meta_t& meta) noexcept {
+  tessera::TileMeta m;
+  m.dtype = static_cast<tessera::DType>(meta.dtype);
+  for (uint32_t i = 0; i < meta.ndim && i < TESSERA_MAX_DIMS; ++i) m.shape.dims[i] = meta.dims[i];
+  m.shape.ndim = static_cast<std::uint8_t>(meta.ndim);
+  m.level = static_cast<std::uint8_t>(meta.level);
+  m.x = meta.x;
+  m.y = meta.y;
+  m.op = meta.op;
+  m.tag = meta.tag;
+  m.deadline = ns(meta.deadline_ns);
+  return m;
+}
+
+// Extended client options; false if the struct is older than its first field set.
+bool apply_ext(const tessera_client_options_ext_t* ext, tessera::ClientOptions& o) noexcept {
+  if (ext == nullptr) return true;
+  if (ext->struct_size < offsetof(tessera_client_options_ext_t, output_reserve_percent) + sizeof(uint32_t)) return false;
+  o.output_reserve_percent = std::min<uint32_t>(ext->output_reserve_percent, 90);
+  return true;
 }
 
 }  // namespace
@@ -104,6 +145,11 @@ TESSERA_API void tessera_tile_meta_init(tessera_tile_meta_t* m) {
 }
 
 TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tessera_client_t** out) {
+  return tessera_client_create_ext(opts, nullptr, out);
+}
+
+TESSERA_API int tessera_client_create_ext(const tessera_client_options_t* opts, const tessera_client_options_ext_t* ext,
+                                          tessera_client_t** out) {
   return guarded("tessera_client_create", [&] {
     if (out == nullptr) return invalid("tessera_client_create: out is NULL");
     *out = nullptr;
@@ -123,6 +169,7 @@ TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tess
       o.max_in_flight = opts->max_in_flight;
       o.worker_window = opts->worker_window;
     }
+    if (!apply_ext(ext, o)) return invalid("tessera_client_create: ext->struct_size is too small");
     auto c = tessera::Client::embedded(std::move(o));
     if (!c) return set_error(c.error());
     *out = new tessera_client(std::move(*c));
@@ -132,6 +179,11 @@ TESSERA_API int tessera_client_create(const tessera_client_options_t* opts, tess
 
 TESSERA_API int tessera_client_connect(const char* socket_path, const tessera_client_options_t* opts,
                                        tessera_client_t** out) {
+  return tessera_client_connect_ext(socket_path, opts, nullptr, out);
+}
+
+TESSERA_API int tessera_client_connect_ext(const char* socket_path, const tessera_client_options_t* opts,
+                                           const tessera_client_options_ext_t* ext, tessera_client_t** out) {
   return guarded("tessera_client_connect", [&] {
     if (out == nullptr || socket_path == nullptr) return invalid("tessera_client_connect: socket_path or out is NULL");
     *out = nullptr;
@@ -142,6 +194,7 @@ TESSERA_API int tessera_client_connect(const char* socket_path, const tessera_cl
       o.max_in_flight = opts->max_in_flight;
       o.worker_window = opts->worker_window;
     }
+    if (!apply_ext(ext, o)) return invalid("tessera_client_connect: ext->struct_size is too small");
     auto c = tessera::Client::connect(socket_path, std::move(o));
     if (!c) return set_error(c.error());
     *out = new tessera_client(std::move(*c));
@@ -158,7 +211,12 @@ TESSERA_API void tessera_client_destroy(tessera_client_t* c) {
 }
 
 TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec) {
-  return guarded("tessera_client_start_pool", [&] {
+  return tessera_client_start_pool_ext(c, spec, nullptr);
+}
+
+TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera_pool_spec_t* spec,
+                                              const tessera_pool_spec_ext_t* ext) {
+  return rec(c, guarded("tessera_client_start_pool", [&] {
     if (!live(c)) return invalid("tessera_client_start_pool: not a client");
     if (spec == nullptr || spec->argv == nullptr || spec->argc == 0 || spec->argv[0] == nullptr)
       return invalid("tessera_client_start_pool: spec needs argv[0]");
@@ -183,6 +241,12 @@ TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_poo
     ps.max_retries = spec->max_retries;
     ps.restart = spec->restart != 0;
     if (spec->ready_timeout_ms > 0) ps.ready_timeout = std::chrono::milliseconds(spec->ready_timeout_ms);
+    if (ext != nullptr) {
+      if (ext->struct_size < sizeof(tessera_pool_spec_ext_t))
+        return invalid("tessera_client_start_pool: ext->struct_size is too small");
+      if (ext->cancel_grace_ms < 0) return invalid("tessera_client_start_pool: cancel_grace_ms must be >= 0");
+      ps.cancel_grace = std::chrono::milliseconds(ext->cancel_grace_ms);
+    }
 #ifdef TESSERA_CLIENT_HAS_START_POOL
     auto r = c->c->start_pool(ps);
     if (!r) return set_error(r.error());
@@ -192,11 +256,11 @@ TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_poo
                      "tessera_client_start_pool: this build's client has no worker pool; "
                      "start workers yourself with tessera_client_add_external_worker");
 #endif
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const char* name, tessera_external_worker_t* out) {
-  return guarded("tessera_client_add_external_worker", [&] {
+  return rec(c, guarded("tessera_client_add_external_worker", [&] {
     if (!live(c)) return invalid("tessera_client_add_external_worker: not a client");
     if (out == nullptr) return invalid("tessera_client_add_external_worker: out is NULL");
     auto ew = c->c->add_external_worker(name != nullptr ? name : "worker");
@@ -205,39 +269,39 @@ TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const ch
     out->slot = ew->slot;
     out->arena_fd = ew->arena_fd;
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_set_worker_pid(tessera_client_t* c, int32_t index, int32_t pid) {
-  return guarded("tessera_client_set_worker_pid", [&] {
+  return rec(c, guarded("tessera_client_set_worker_pid", [&] {
     if (!live(c)) return invalid("tessera_client_set_worker_pid: not a client");
     const auto ws = c->c->workers();
     if (index < 0 || static_cast<size_t>(index) >= ws.size()) return invalid("tessera_client_set_worker_pid: no such worker");
     c->c->set_worker_pid(index, pid);
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_worker_died(tessera_client_t* c, int32_t index, const char* reason) {
-  return guarded("tessera_client_worker_died", [&] {
+  return rec(c, guarded("tessera_client_worker_died", [&] {
     if (!live(c)) return invalid("tessera_client_worker_died: not a client");
     const auto ws = c->c->workers();
     if (index < 0 || static_cast<size_t>(index) >= ws.size()) return invalid("tessera_client_worker_died: no such worker");
     c->c->worker_died(index, reason != nullptr ? reason : "worker died");
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_kill_worker(tessera_client_t* c, int32_t index) {
-  return guarded("tessera_client_kill_worker", [&] {
+  return rec(c, guarded("tessera_client_kill_worker", [&] {
     if (!live(c)) return invalid("tessera_client_kill_worker: not a client");
     auto r = c->c->kill_worker(index);
     return r ? 0 : set_error(r.error());
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_open_stream(tessera_client_t* c, const tessera_stream_options_t* opts, uint32_t* stream) {
-  return guarded("tessera_client_open_stream", [&] {
+  return rec(c, guarded("tessera_client_open_stream", [&] {
     if (!live(c)) return invalid("tessera_client_open_stream: not a client");
     if (stream == nullptr) return invalid("tessera_client_open_stream: stream is NULL");
     tessera::StreamOptions so;
@@ -253,20 +317,20 @@ TESSERA_API int tessera_client_open_stream(tessera_client_t* c, const tessera_st
     if (!s) return set_error(s.error());
     *stream = *s;
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_close_stream(tessera_client_t* c, uint32_t stream) {
-  return guarded("tessera_client_close_stream", [&] {
+  return rec(c, guarded("tessera_client_close_stream", [&] {
     if (!live(c)) return invalid("tessera_client_close_stream: not a client");
     auto r = c->c->close_stream(stream);
     return r ? 0 : set_error(r.error());
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_alloc(tessera_client_t* c, uint64_t bytes, int64_t timeout_ns, void** data,
                                      uint64_t* capacity, tessera_block_t* block) {
-  return guarded("tessera_client_alloc", [&] {
+  return rec(c, guarded("tessera_client_alloc", [&] {
     if (!live(c)) return invalid("tessera_client_alloc: not a client");
     if (data == nullptr || block == nullptr) return invalid("tessera_client_alloc: data/block is NULL");
     *data = nullptr;
@@ -278,19 +342,19 @@ TESSERA_API int tessera_client_alloc(tessera_client_t* c, uint64_t bytes, int64_
     if (capacity != nullptr) *capacity = in.bytes().size();
     *block = c->blocks.insert(std::move(in));
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_free_block(tessera_client_t* c, tessera_block_t block) {
   if (!live(c)) return invalid("tessera_client_free_block: not a client");
-  if (c->blocks.find(block, "tessera_client_free_block") == nullptr) return tessera_last_error_code();
+  if (c->blocks.find(block, "tessera_client_free_block") == nullptr) return rec(c, tessera_last_error_code());
   c->blocks.erase(block);  // InputBlock's reset frees the block
   return 0;
 }
 
 TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tessera_block_t block,
                                       const tessera_tile_meta_t* meta, int32_t mode, int64_t timeout_ns, uint64_t* seq) {
-  return guarded("tessera_client_submit", [&] {
+  return rec(c, guarded("tessera_client_submit", [&] {
     if (!live(c)) return invalid("tessera_client_submit: not a client");
     if (meta == nullptr) return invalid("tessera_client_submit: meta is NULL");
     if (mode < TESSERA_SUBMIT_BLOCK || mode > TESSERA_SUBMIT_TIMEOUT) return invalid("tessera_client_submit: unknown mode");
@@ -299,33 +363,25 @@ TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tess
     if (meta->level > 255) return invalid("tessera_client_submit: level must be 0..255");
     tessera::InputBlock* in = c->blocks.find(block, "tessera_client_submit");
     if (in == nullptr) return tessera_last_error_code();
-    tessera::TileMeta m;
-    m.dtype = static_cast<tessera::DType>(meta->dtype);
-    for (uint32_t i = 0; i < meta->ndim; ++i) m.shape.dims[i] = meta->dims[i];
-    m.shape.ndim = static_cast<std::uint8_t>(meta->ndim);
-    m.level = static_cast<std::uint8_t>(meta->level);
-    m.x = meta->x;
-    m.y = meta->y;
-    m.op = meta->op;
-    m.tag = meta->tag;
-    m.deadline = ns(meta->deadline_ns);
+    const tessera::TileMeta m = from_c(*meta);
     const auto timeout = timeout_ns > 0 ? ns(timeout_ns) : std::chrono::nanoseconds(std::chrono::seconds(30));
     auto r = c->c->submit(stream, *in, m, static_cast<tessera::SubmitMode>(mode), timeout);
     if (!r) return set_error(r.error());  // the caller still owns the block
     c->blocks.erase(block);               // the tile owns it now
     if (seq != nullptr) *seq = *r;
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_poll(tessera_client_t* c, tessera_result_t* out, size_t max, int64_t timeout_ns) {
-  return guarded("tessera_client_poll", [&] {
+  return rec(c, guarded("tessera_client_poll", [&] {
     if (!live(c)) return invalid("tessera_client_poll: not a client");
     if (out == nullptr || max == 0) return invalid("tessera_client_poll: no room for results");
     max = std::min<size_t>(max, INT_MAX);
     if (c->scratch.capacity() < max) c->scratch.reserve(max);
     c->scratch.clear();
     const size_t n = c->c->poll(c->scratch, max, ns(timeout_ns));
+    if (n == 0 && c->c->woken()) return set_error(Errc::canceled, "tessera_client_poll: woken by tessera_client_wake");
     const std::byte* base = c->c->arena().base();
     for (size_t i = 0; i < n; ++i) {
       const tessera_result_id_t id = c->results.insert(std::move(c->scratch[i]));
@@ -354,12 +410,12 @@ TESSERA_API int tessera_client_poll(tessera_client_t* c, tessera_result_t* out, 
     }
     c->scratch.clear();
     return static_cast<int>(n);
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_release_result(tessera_client_t* c, tessera_result_id_t id) {
   if (!live(c)) return invalid("tessera_client_release_result: not a client");
-  if (c->results.find(id, "tessera_client_release_result") == nullptr) return tessera_last_error_code();
+  if (c->results.find(id, "tessera_client_release_result") == nullptr) return rec(c, tessera_last_error_code());
   c->results.erase(id);  // frees the output block and the error text
   return 0;
 }
@@ -367,40 +423,182 @@ TESSERA_API int tessera_client_release_result(tessera_client_t* c, tessera_resul
 TESSERA_API uint64_t tessera_client_in_flight(const tessera_client_t* c) { return live(c) ? c->c->in_flight() : 0; }
 
 TESSERA_API int tessera_client_cancel(tessera_client_t* c, uint32_t stream, uint64_t seq) {
-  return guarded("tessera_client_cancel", [&] {
+  return rec(c, guarded("tessera_client_cancel", [&] {
     if (!live(c)) return invalid("tessera_client_cancel: not a client");
     auto r = c->c->cancel(stream, seq);
     return r ? 0 : set_error(r.error());
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_cancel_stream(tessera_client_t* c, uint32_t stream) {
-  return guarded("tessera_client_cancel_stream", [&] {
+  return rec(c, guarded("tessera_client_cancel_stream", [&] {
     if (!live(c)) return invalid("tessera_client_cancel_stream: not a client");
     auto r = c->c->cancel_stream(stream);
     return r ? 0 : set_error(r.error());
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_advance_epoch(tessera_client_t* c, uint32_t stream, uint32_t* epoch) {
-  return guarded("tessera_client_advance_epoch", [&] {
+  return rec(c, guarded("tessera_client_advance_epoch", [&] {
     if (!live(c)) return invalid("tessera_client_advance_epoch: not a client");
     auto r = c->c->advance_epoch(stream);
     if (!r) return set_error(r.error());
     if (epoch != nullptr) *epoch = *r;
     return 0;
-  });
+  }));
 }
 
 TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream, tessera_stream_stats_t* out) {
-  return guarded("tessera_client_stats", [&] {
+  return rec(c, guarded("tessera_client_stats", [&] {
     if (!live(c)) return invalid("tessera_client_stats: not a client");
     if (out == nullptr) return invalid("tessera_client_stats: out is NULL");
     const tessera::StreamStats s = c->c->stats(stream);
     *out = tessera_stream_stats_t{s.submitted, s.queued, s.running, s.completed, s.failed, s.canceled, s.retried,
                                   s.p50_us, s.p99_us};
     return 0;
-  });
+  }));
+}
+
+TESSERA_API int tessera_client_alloc_n(tessera_client_t* c, uint64_t bytes, uint32_t n, int64_t timeout_ns,
+                                       tessera_block_info_t* out) {
+  return rec(c, guarded("tessera_client_alloc_n", [&] {
+    if (!live(c)) return invalid("tessera_client_alloc_n: not a client");
+    if (out == nullptr || n == 0) return invalid("tessera_client_alloc_n: no room for blocks");
+    n = std::min<uint32_t>(n, INT_MAX);
+    uint32_t got = 0;
+    for (; got < n; ++got) {
+      tessera::InputBlock in;
+      if (got == 0) {
+        auto r = c->c->alloc(bytes, in, ns(timeout_ns));
+        if (!r) return set_error(r.error());
+      } else if (c->c->try_alloc(bytes, in) != tessera::AllocStatus::ok) {
+        break;  // only what is free at once
+      }
+      out[got].data = in.bytes().data();
+      out[got].capacity = in.bytes().size();
+      out[got].block = c->blocks.insert(std::move(in));
+    }
+    return static_cast<int>(got);
+  }));
+}
+
+TESSERA_API int tessera_client_submit_n(tessera_client_t* c, uint32_t stream, uint32_t n, const tessera_block_t* blocks,
+                                        const tessera_tile_meta_t* metas, int32_t mode, int64_t timeout_ns, uint64_t* seqs) {
+  return rec(c, guarded("tessera_client_submit_n", [&] {
+    if (!live(c)) return invalid("tessera_client_submit_n: not a client");
+    if (n == 0 || blocks == nullptr || metas == nullptr) return invalid("tessera_client_submit_n: no tiles");
+    uint32_t done = 0;
+    for (; done < n; ++done) {
+      const int rc = tessera_client_submit(c, stream, blocks[done], &metas[done], mode, timeout_ns,
+                                           seqs != nullptr ? &seqs[done] : nullptr);
+      if (rc < 0) return done == 0 ? rc : static_cast<int>(done);  // the error stays recorded
+    }
+    return static_cast<int>(std::min<uint32_t>(done, INT_MAX));
+  }));
+}
+
+TESSERA_API int tessera_client_release_n(tessera_client_t* c, const tessera_result_id_t* ids, size_t n) {
+  if (!live(c)) return invalid("tessera_client_release_n: not a client");
+  if (n > 0 && ids == nullptr) return invalid("tessera_client_release_n: ids is NULL");
+  int first_error = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (c->results.find(ids[i], "tessera_client_release_n") == nullptr) {
+      if (first_error == 0) first_error = rec(c, tessera_last_error_code());
+      continue;
+    }
+    c->results.erase(ids[i]);
+  }
+  return first_error != 0 ? first_error : static_cast<int>(std::min<size_t>(n, INT_MAX));
+}
+
+TESSERA_API int tessera_client_wake(tessera_client_t* c) {
+  if (!live(c)) return invalid("tessera_client_wake: not a client");
+  c->c->wake();
+  return 0;
+}
+
+TESSERA_API int tessera_client_last_error(const tessera_client_t* c, char* buf, size_t cap, int32_t* code) {
+  if (!live(c)) return invalid("tessera_client_last_error: not a client");
+  std::lock_guard<std::mutex> lk(c->err_mu);
+  if (code != nullptr) *code = c->err_code;
+  if (buf != nullptr && cap > 0) {
+    const size_t n = std::min(cap - 1, c->err_text.size());
+    std::memcpy(buf, c->err_text.data(), n);
+    buf[n] = '\0';
+  }
+  return static_cast<int>(std::min<size_t>(c->err_text.size(), INT_MAX));
+}
+
+TESSERA_API int tessera_last_error_copy(char* buf, size_t cap) {
+  const char* m = tessera_last_error();
+  const size_t len = std::strlen(m);
+  if (buf != nullptr && cap > 0) {
+    const size_t n = std::min(cap - 1, len);
+    std::memcpy(buf, m, n);
+    buf[n] = '\0';
+  }
+  return static_cast<int>(std::min<size_t>(len, INT_MAX));
+}
+
+TESSERA_API void tessera_client_options_ext_init(tessera_client_options_ext_t* ext) {
+  if (ext == nullptr) return;
+  *ext = tessera_client_options_ext_t{};
+  ext->struct_size = sizeof(tessera_client_options_ext_t);
+  ext->output_reserve_percent = tessera::ClientOptions{}.output_reserve_percent;
+}
+
+TESSERA_API void tessera_pool_spec_ext_init(tessera_pool_spec_ext_t* ext) {
+  if (ext == nullptr) return;
+  *ext = tessera_pool_spec_ext_t{};
+  ext->struct_size = sizeof(tessera_pool_spec_ext_t);
+  ext->cancel_grace_ms = tessera::PoolSpec{}.cancel_grace.count();
+}
+
+TESSERA_API int tessera_client_workers(const tessera_client_t* c, tessera_worker_info_t* out, size_t max) {
+  return rec(c, guarded("tessera_client_workers", [&] {
+    if (!live(c)) return invalid("tessera_client_workers: not a client");
+    if (max > 0 && out == nullptr) return invalid("tessera_client_workers: out is NULL");
+    const auto ws = c->c->workers();
+    for (size_t i = 0; i < std::min(max, ws.size()); ++i) {
+      tessera_worker_info_t& o = out[i];
+      o = tessera_worker_info_t{};
+      o.index = ws[i].index;
+      o.slot = ws[i].slot;
+      o.pid = ws[i].pid;
+      o.alive = ws[i].alive ? 1 : 0;
+      o.in_flight = ws[i].in_flight;
+      o.completed = ws[i].completed;
+      o.busy_ns = ws[i].busy_ns;
+      o.restarts = ws[i].restarts;
+    }
+    return static_cast<int>(std::min<size_t>(ws.size(), INT_MAX));
+  }));
+}
+
+TESSERA_API int tessera_client_arena_fd(const tessera_client_t* c) {
+  if (!live(c)) return invalid("tessera_client_arena_fd: not a client");
+  return c->c->arena().fd();
+}
+
+TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* c) {
+  return live(c) ? static_cast<const void*>(c->c->arena().base()) : nullptr;
+}
+
+TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* c) { return live(c) ? c->c->arena().size() : 0; }
+
+TESSERA_API size_t tessera_client_struct_size(int32_t id) {
+  switch (id) {
+    case TESSERA_STRUCT_CLIENT_OPTIONS: return sizeof(tessera_client_options_t);
+    case TESSERA_STRUCT_POOL_SPEC: return sizeof(tessera_pool_spec_t);
+    case TESSERA_STRUCT_STREAM_OPTIONS: return sizeof(tessera_stream_options_t);
+    case TESSERA_STRUCT_TILE_META: return sizeof(tessera_tile_meta_t);
+    case TESSERA_STRUCT_RESULT: return sizeof(tessera_result_t);
+    case TESSERA_STRUCT_STREAM_STATS: return sizeof(tessera_stream_stats_t);
+    case TESSERA_STRUCT_WORKER_INFO: return sizeof(tessera_worker_info_t);
+    case TESSERA_STRUCT_CLIENT_OPTIONS_EXT: return sizeof(tessera_client_options_ext_t);
+    case TESSERA_STRUCT_POOL_SPEC_EXT: return sizeof(tessera_pool_spec_ext_t);
+    default: return 0;
+  }
 }
 
 }  // extern "C"

@@ -36,7 +36,7 @@ extern "C" {
 /* Error codes, last-error functions, dtypes and tile statuses (shared with the other C ABI). */
 #include <tessera/capi_common.h>
 
-#define TESSERA_CLIENT_ABI_VERSION 1
+#define TESSERA_CLIENT_ABI_VERSION 2
 
 typedef struct tessera_client tessera_client_t;  /* opaque */
 typedef uint64_t tessera_block_t;                /* an input block being filled (0 = none) */
@@ -189,6 +189,111 @@ TESSERA_API int tessera_client_cancel_stream(tessera_client_t* c, uint32_t strea
 TESSERA_API int tessera_client_advance_epoch(tessera_client_t* c, uint32_t stream, uint32_t* epoch);
 
 TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream, tessera_stream_stats_t* out);
+
+/* ---- additions for FFI hosts (ABI version 2; everything above is unchanged) ---- */
+
+/* Makes a blocking tessera_client_poll/alloc/submit of `c` return soon: poll with
+ * -TESSERA_ECANCELED if it delivered nothing, alloc and submit with -TESSERA_ECANCELED.
+ * If no call is waiting, the next call that would wait returns at once (a wake is never
+ * lost); calls that return without waiting leave it pending. Thread-safe: callable from
+ * any thread while `c` exists (not concurrently with tessera_client_destroy). */
+TESSERA_API int tessera_client_wake(tessera_client_t* c);
+
+/* Copies the message of the last failed call on `c` (from whichever thread made it) into
+ * buf (cap bytes, always NUL-terminated when cap > 0); *code (may be NULL) gets its
+ * negative code, 0 if no call failed. Returns the message length (may exceed cap - 1).
+ * Thread-safe. */
+TESSERA_API int tessera_client_last_error(const tessera_client_t* c, char* buf, size_t cap, int32_t* code);
+/* Copies the calling thread's last error message into buf (see tessera_last_error). */
+TESSERA_API int tessera_last_error_copy(char* buf, size_t cap);
+
+/* Log records of the library (supervisor, worker deaths, ...). */
+enum tessera_log_level {
+  TESSERA_LOG_TRACE = 0, TESSERA_LOG_DEBUG = 1, TESSERA_LOG_INFO = 2, TESSERA_LOG_WARN = 3,
+  TESSERA_LOG_ERROR = 4, TESSERA_LOG_CRITICAL = 5, TESSERA_LOG_OFF = 6
+};
+/* Called on the logging thread (any thread, possibly one the library started) with the
+ * record's level and text; the text is valid during the call only. Calls are serialized. */
+typedef void (*tessera_log_fn)(void* user, int32_t level, const char* message);
+/* Routes the library's log records to fn (NULL: back to stderr). Process-wide. */
+TESSERA_API int tessera_set_log_sink(tessera_log_fn fn, void* user);
+/* Records below `level` are dropped (default TESSERA_LOG_INFO). Process-wide. */
+TESSERA_API int tessera_set_log_level(int32_t level);
+
+/* Options the first structs lack. Versioned: struct_size is set by the _init function,
+ * and fields appended later are read only when struct_size covers them. */
+typedef struct tessera_client_options_ext {
+  uint32_t struct_size;              /* sizeof(tessera_client_options_ext_t) */
+  uint32_t output_reserve_percent;   /* share of each size class inputs leave to outputs */
+} tessera_client_options_ext_t;
+
+typedef struct tessera_pool_spec_ext {
+  uint32_t struct_size;              /* sizeof(tessera_pool_spec_ext_t) */
+  uint32_t reserved;
+  int64_t cancel_grace_ms;           /* a canceled tile's worker is killed after this (0 = never) */
+} tessera_pool_spec_ext_t;
+
+TESSERA_API void tessera_client_options_ext_init(tessera_client_options_ext_t* ext);
+TESSERA_API void tessera_pool_spec_ext_init(tessera_pool_spec_ext_t* ext);
+/* tessera_client_create / _connect / _start_pool with the extended options (ext may be NULL). */
+TESSERA_API int tessera_client_create_ext(const tessera_client_options_t* opts, const tessera_client_options_ext_t* ext,
+                                          tessera_client_t** out);
+TESSERA_API int tessera_client_connect_ext(const char* socket_path, const tessera_client_options_t* opts,
+                                           const tessera_client_options_ext_t* ext, tessera_client_t** out);
+TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera_pool_spec_t* spec,
+                                              const tessera_pool_spec_ext_t* ext);
+
+typedef struct tessera_worker_info {
+  int32_t index;
+  uint32_t slot;
+  int32_t pid;
+  int32_t alive;
+  uint64_t in_flight, completed, busy_ns;
+  uint32_t restarts;
+  uint32_t reserved;
+} tessera_worker_info_t;
+/* Fills up to `max` entries (out may be NULL when max is 0); returns the number of workers. */
+TESSERA_API int tessera_client_workers(const tessera_client_t* c, tessera_worker_info_t* out, size_t max);
+
+/* The arena's memfd in this process (close-on-exec): a child the host starts itself
+ * (e.g. with Java's ProcessBuilder, which closes inherited descriptors) opens
+ * "/proc/<host pid>/fd/<this fd>" read-write to get its own descriptor of the same
+ * arena (docs/c-abi.md). */
+TESSERA_API int tessera_client_arena_fd(const tessera_client_t* c);
+/* The arena's mapping in this process: its base address and size in bytes (NULL / 0 for
+ * a bad client). Every data pointer the client hands out lies inside it. */
+TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* c);
+TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* c);
+
+/* Batched data-path calls, so that a host whose foreign calls are dear (JNA, ctypes) pays
+ * one call for many tiles. Each behaves as the single-tile call applied in order. */
+typedef struct tessera_block_info {
+  tessera_block_t block;
+  void* data;
+  uint64_t capacity;
+} tessera_block_info_t;
+/* Allocates up to n blocks of at least `bytes`: waits up to timeout_ns for the first, then
+ * takes only what is free at once. Returns how many (>= 1) or a negative code. */
+TESSERA_API int tessera_client_alloc_n(tessera_client_t* c, uint64_t bytes, uint32_t n, int64_t timeout_ns,
+                                       tessera_block_info_t* out);
+/* Submits blocks[i] with metas[i] in order (as n tessera_client_submit calls). Returns
+ * how many were accepted (their blocks are used up; seqs[i], if seqs is not NULL, gets each
+ * sequence number); from the first refused one on, the blocks are still the caller's and
+ * the refusal's error is recorded. A negative code if none was accepted. */
+TESSERA_API int tessera_client_submit_n(tessera_client_t* c, uint32_t stream, uint32_t n, const tessera_block_t* blocks,
+                                        const tessera_tile_meta_t* metas, int32_t mode, int64_t timeout_ns, uint64_t* seqs);
+/* Releases n results. Returns n, or the negative code of the first id that is not a live
+ * result (the others are still released). */
+TESSERA_API int tessera_client_release_n(tessera_client_t* c, const tessera_result_id_t* ids, size_t n);
+
+/* sizeof of this library's structs, for bindings that read them at fixed offsets. */
+enum tessera_struct_id {
+  TESSERA_STRUCT_CLIENT_OPTIONS = 1, TESSERA_STRUCT_POOL_SPEC = 2, TESSERA_STRUCT_STREAM_OPTIONS = 3,
+  TESSERA_STRUCT_TILE_META = 4, TESSERA_STRUCT_RESULT = 5, TESSERA_STRUCT_STREAM_STATS = 6,
+  TESSERA_STRUCT_WORKER_INFO = 7, TESSERA_STRUCT_CLIENT_OPTIONS_EXT = 8, TESSERA_STRUCT_POOL_SPEC_EXT = 9
+};
+/* 0 for an unknown id. */
+TESSERA_API size_t tessera_client_struct_size(int32_t id);
 
 #ifdef __cplusplus
 }  /* extern "C" */

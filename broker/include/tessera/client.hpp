@@ -194,6 +194,14 @@ class Client {
   std::size_t poll(std::vector<TileResult>& out, std::size_t max, std::chrono::nanoseconds timeout);
   // Tiles submitted and not yet delivered.
   std::uint64_t in_flight() const noexcept { return in_flight_; }
+  // Thread-safe (callable from any thread while the client exists): makes the blocking
+  // poll/alloc/submit on the client's thread return soon; if none is waiting, the next one
+  // that would wait returns at once. poll() returns what it has (0 possible, woken() is then
+  // true); alloc() and submit() fail with Errc::canceled. Calls that return without waiting
+  // leave the wake pending.
+  void wake() noexcept;
+  // Whether the last poll() returned early because of wake().
+  bool woken() const noexcept;
 
   // ---- cancellation ----
   Result<void> cancel(std::uint32_t stream, std::uint64_t seq);

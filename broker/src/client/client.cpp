@@ -500,10 +500,28 @@ void Client::Impl::check_timers() {
 bool Client::Impl::results_ready() noexcept {
   // acquire: see the queued event (SYNC[client.events]).
   if (events_pending.load(std::memory_order_acquire)) return true;
+  // relaxed: the flag carries no data; take_wake() consumes it (SYNC[client.wake]).
+  if (wake_pending.load(std::memory_order_relaxed)) return true;
   for (auto& w : workers)
     if (w.slot != kNoSlot && w.results.valid() && w.results.ready()) return true;
   return false;
 }
+
+bool Client::Impl::take_wake() noexcept {
+  // SYNC[client.wake] relaxed: a plain flag from Client::wake(); no data is published
+  // through it (the doorbell bump only ends the futex sleep).
+  if (!wake_pending.load(std::memory_order_relaxed)) return false;
+  return wake_pending.exchange(false, std::memory_order_relaxed);
+}
+
+void Client::wake() noexcept {
+  // SYNC[client.wake] relaxed store, then the doorbell's release bump: the waiter's
+  // predicate (results_ready) re-reads the flag after every futex return.
+  impl_->wake_pending.store(true, std::memory_order_relaxed);
+  doorbell_notify(*impl_->bell);
+}
+
+bool Client::woken() const noexcept { return impl_->last_poll_woken; }
 
 // One round of the client's loop: events, answers, dispatch, timers.
 void Client::Impl::step() {
@@ -631,6 +649,7 @@ Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::na
       return fail(Errc::no_space, "alloc: arena exhausted by blocks the caller holds (release results or input blocks)");
     if (out.valid()) return {};
     if (Clock::now() >= deadline) return fail(Errc::timeout, "alloc: no block free within the timeout");
+    if (impl_->take_wake()) return fail(Errc::canceled, "alloc: woken (Client::wake) before a block was free");
     (void)doorbell_wait(*impl_->bell, [this] { return impl_->results_ready(); }, deadline, impl_->opts.wait);
   }
 }
@@ -687,6 +706,7 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
     if (I.in_flight_unfinished() == 0)
       return fail(Errc::no_space, "submit: every in-flight tile is finished but undelivered: call poll() first");
     if (Clock::now() >= deadline) return fail(Errc::timeout, "submit: stream stayed full for the whole timeout");
+    if (I.take_wake()) return fail(Errc::canceled, "submit: woken (Client::wake) while the stream was full");
     (void)doorbell_wait(*I.bell, [&I] { return I.results_ready(); }, deadline, I.opts.wait);
   }
   const std::uint64_t seq = s.next_seq++;
@@ -713,6 +733,7 @@ std::size_t Client::poll(std::vector<TileResult>& out, std::size_t max, std::chr
   auto& I = *impl_;
   const auto deadline = Clock::now() + timeout;
   std::size_t n = 0;
+  I.last_poll_woken = false;
   for (;;) {
     I.step();
     while (n < max && I.ready_head < I.ready.size()) {
@@ -727,6 +748,10 @@ std::size_t Client::poll(std::vector<TileResult>& out, std::size_t max, std::chr
     if (n > 0 || Clock::now() >= deadline) return n;
     if (in_flight_ == 0 && !I.events_pending.load(std::memory_order_acquire)) {  // acquire: SYNC[client.events]
       // Nothing can arrive: do not sleep out the whole timeout.
+      return 0;
+    }
+    if (I.take_wake()) {
+      I.last_poll_woken = true;
       return 0;
     }
     (void)doorbell_wait(*I.bell, [&I] { return I.results_ready(); },

@@ -162,6 +162,11 @@ struct Client::Impl {
   std::shared_ptr<void> remote_state;               // connection (connect.cpp)
   void bind_worker_channel(std::int32_t index, std::uint32_t channel, std::uint32_t worker_slot);
 
+  // Client::wake (any thread) -> the client thread's waits. SYNC[client.wake]
+  std::atomic<bool> wake_pending{false};
+  bool last_poll_woken = false;
+  bool take_wake() noexcept;
+
   std::mutex events_mu;                             // control path only
   std::deque<Event> events;
   std::atomic<bool> events_pending{false};

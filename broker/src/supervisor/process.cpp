@@ -1,10 +1,14 @@
-// Worker process spawning. Everything the child needs is prepared before fork();
-// between fork() and execve() the child calls only async-signal-safe functions.
+// Worker process spawning. Everything the child needs is prepared before the clone;
+// the child (clone with CLONE_VM | CLONE_VFORK, like posix_spawn, so spawning does not
+// copy a large host's page tables) calls only async-signal-safe functions until execve.
 #include "process.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/close_range.h>
 #include <signal.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -61,6 +65,67 @@ std::string resolve_executable(const std::string& argv0, const std::vector<std::
   return argv0;  // execve reports ENOENT
 }
 
+constexpr int kMaxPassFds = 64;
+
+// Everything the child needs, prepared by the parent; the child only reads it and keeps
+// its own copies on its own stack (it shares the parent's memory until execve).
+struct ChildArgs {
+  const char* exe;
+  char** argv;
+  char** envp;
+  int in, out, err, exec_err;
+  int npass;
+  int pass[kMaxPassFds];
+  int low;      // first fd number the child may use for scratch copies
+  pid_t parent;
+};
+
+// The child between clone and execve: async-signal-safe calls only, no writes to memory
+// it shares with the parent other than its own stack (and errno).
+int child_main(void* arg) {
+  const ChildArgs& a = *static_cast<const ChildArgs*>(arg);
+  const int ee = a.exec_err;
+  auto die = [ee](int e) {
+    [[maybe_unused]] auto n = ::write(ee, &e, sizeof e);
+    ::_exit(127);
+  };
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // fails harmlessly for KILL/STOP
+  ::setpgid(0, 0);                        // own process group: the whole tree can be signalled
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);     // die with the broker (its spawning thread)
+  if (::getppid() != a.parent) ::_exit(127);  // the parent died before prctl took effect
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  // Copies above every target number, so the dup2s below never clobber a source.
+  const int c_in = ::fcntl(a.in, F_DUPFD_CLOEXEC, a.low);
+  const int c_out = ::fcntl(a.out, F_DUPFD_CLOEXEC, a.low);
+  const int c_err = ::fcntl(a.err, F_DUPFD_CLOEXEC, a.low);
+  const int c_ee = ::fcntl(ee, F_DUPFD_CLOEXEC, a.low);
+  if (c_in < 0 || c_out < 0 || c_err < 0 || c_ee < 0) die(errno);
+  auto die2 = [c_ee](int e) {
+    [[maybe_unused]] auto n = ::write(c_ee, &e, sizeof e);
+    ::_exit(127);
+  };
+  int pass[kMaxPassFds];
+  for (int i = 0; i < a.npass; ++i) {
+    pass[i] = ::fcntl(a.pass[i], F_DUPFD_CLOEXEC, a.low);
+    if (pass[i] < 0) die2(errno);
+  }
+  if (::dup2(c_in, 0) < 0 || ::dup2(c_out, 1) < 0 || ::dup2(c_err, 2) < 0) die2(errno);
+  for (int i = 0; i < a.npass; ++i) {
+    if (::dup2(pass[i], 3 + i) < 0) die2(errno);  // dup2 clears CLOEXEC
+  }
+  // Everything else is closed at exec, whatever the parent forgot to mark.
+  if (::syscall(SYS_close_range, a.low, ~0u, CLOSE_RANGE_CLOEXEC) < 0) {
+    for (int fd = a.low; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  ::execve(a.exe, a.argv, a.envp);
+  die2(errno);
+  return 127;
+}
+
 }  // namespace
 
 std::vector<std::string> scrubbed_environment(const std::map<std::string, std::string>& add,
@@ -93,7 +158,7 @@ Result<ChildProcess> spawn_process(const SpawnSpec& spec) {
   for (int fd : spec.pass_fds) {
     if (::fcntl(fd, F_GETFD) < 0) return fail(Errc::invalid_argument, fmt::format("pass_fds: fd {} is not open", fd));
   }
-  // --- everything the child needs, prepared before fork() ---
+  // --- everything the child needs, prepared before the clone ---
   const std::vector<std::string> env = scrubbed_environment(spec.env, spec.env_allow);
   const std::string exe = resolve_executable(spec.argv[0], env);
   std::vector<char*> argv;
@@ -122,51 +187,45 @@ Result<ChildProcess> spawn_process(const SpawnSpec& spec) {
     for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) ::close(fd);
     return fail(Error::sys("pipe2", e));
   }
-  std::vector<int> pass = spec.pass_fds;
-  const pid_t parent = ::getpid();
+  if (npass > kMaxPassFds) {
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
+    return fail(Errc::invalid_argument, fmt::format("pass_fds: at most {} descriptors", kMaxPassFds));
+  }
+  ChildArgs ca{};
+  ca.exe = exe.c_str();
+  ca.argv = argv.data();
+  ca.envp = envp.data();
+  ca.in = in[0];
+  ca.out = out[1];
+  ca.err = err[1];
+  ca.exec_err = exec_err[1];
+  ca.npass = npass;
+  for (int i = 0; i < npass; ++i) ca.pass[i] = spec.pass_fds[static_cast<std::size_t>(i)];
+  ca.low = low;
+  ca.parent = ::getpid();
 
-  const pid_t pid = ::fork();
-  if (pid < 0) {
+  // clone(CLONE_VM | CLONE_VFORK) on a small stack of its own, as posix_spawn does: no
+  // copy of the host's page tables, so the cost does not grow with the host's size (a
+  // fork of a multi-GB JVM took hundreds of ms). Every signal is blocked around the clone
+  // so no handler of the host runs in the child while it shares the host's memory; the
+  // child resets the handlers before it unblocks (docs/java.md, docs/design).
+  constexpr std::size_t kStack = 64 * 1024;
+  void* stack = ::mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
     const int e = errno;
     for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
-    return fail(Error::sys("fork", e));
+    return fail(Error::sys("mmap", e));
   }
-  if (pid == 0) {
-    // ---- child: async-signal-safe calls only ----
-    auto die = [&](int e) {
-      [[maybe_unused]] auto n = ::write(exec_err[1], &e, sizeof e);
-      ::_exit(127);
-    };
-    ::setpgid(0, 0);                        // own process group: the whole tree can be signalled
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);     // die with the broker (its spawning thread)
-    if (::getppid() != parent) ::_exit(127);  // the parent died before prctl took effect
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // fails harmlessly for KILL/STOP
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    // Copies above every target number, so the dup2s below never clobber a source.
-    const int c_in = ::fcntl(in[0], F_DUPFD_CLOEXEC, low);
-    const int c_out = ::fcntl(out[1], F_DUPFD_CLOEXEC, low);
-    const int c_err = ::fcntl(err[1], F_DUPFD_CLOEXEC, low);
-    const int c_ee = ::fcntl(exec_err[1], F_DUPFD_CLOEXEC, low);
-    if (c_in < 0 || c_out < 0 || c_err < 0 || c_ee < 0) die(errno);
-    exec_err[1] = c_ee;
-    for (int i = 0; i < npass; ++i) {
-      pass[static_cast<std::size_t>(i)] = ::fcntl(pass[static_cast<std::size_t>(i)], F_DUPFD_CLOEXEC, low);
-      if (pass[static_cast<std::size_t>(i)] < 0) die(errno);
-    }
-    if (::dup2(c_in, 0) < 0 || ::dup2(c_out, 1) < 0 || ::dup2(c_err, 2) < 0) die(errno);
-    for (int i = 0; i < npass; ++i) {
-      if (::dup2(pass[static_cast<std::size_t>(i)], 3 + i) < 0) die(errno);  // dup2 clears CLOEXEC
-    }
-    // Everything else is closed at exec, whatever the parent forgot to mark.
-    if (::syscall(SYS_close_range, low, ~0u, CLOSE_RANGE_CLOEXEC) < 0) {
-      for (int fd = low; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    }
-    ::execve(exe.c_str(), argv.data(), envp.data());
-    die(errno);
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  const pid_t pid = ::clone(&child_main, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
+  const int clone_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ::munmap(stack, kStack);  // the child has exec'd or exited: CLONE_VFORK waited for that
+  if (pid < 0) {
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
+    return fail(Error::sys("clone", clone_errno));
   }
   // ---- parent ----
   for (int fd : {in[0], out[1], err[1], exec_err[1]}) ::close(fd);
