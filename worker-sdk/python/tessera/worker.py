@@ -68,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run before the worker reports ready (repeatable)")
     p.add_argument("--path", action="append", default=[], metavar="DIR", help="prepend DIR to sys.path (repeatable)")
     p.add_argument("--spin-us", type=int, default=50, help="spin before sleeping on the doorbell (default 50)")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="HANDLER is a batch handler(batch, tiles) fed up to N tiles at once (see tessera.batch)")
+    p.add_argument("--max-wait", type=float, default=0.002, metavar="S",
+                   help="with --batch: a partial batch runs once its oldest tile waited S seconds (default 0.002)")
     return p.parse_args(argv)
 
 
@@ -103,7 +107,10 @@ def main(argv=None) -> int:
         return 2
     sys.stdout.reconfigure(line_buffering=True)  # now goes to stderr
     worker = Worker(native, runtime=True)
-    worker.run(handler, max_batch=args.max_batch, timeout=args.timeout)
+    if args.batch > 0:
+        worker.run_batched(handler, max_batch=args.batch, max_wait=args.max_wait, timeout=args.timeout)
+    else:
+        worker.run(handler, max_batch=args.max_batch, timeout=args.timeout)
     return native.finish()
 
 
