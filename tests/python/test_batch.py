@@ -109,6 +109,48 @@ class BatchWorkerTest(unittest.TestCase):
             self.assertEqual(r.output[:2].tolist(), [i, int(inputs[i].sum())])
 
 
+class DevicesTest(unittest.TestCase):
+    """A device list starts one worker per device, each with its own CUDA_VISIBLE_DEVICES
+    (real worker processes report the variable they see)."""
+
+    def seen_devices(self, client, n_workers):
+        s = client.open_stream(ordered=False, max_in_flight=256)
+        seen = set()
+        end = time.monotonic() + 60
+        while len(seen) < n_workers and time.monotonic() < end:
+            for i in range(32):
+                submit_rgb(client, s, rgb(i, 4, 4), x=i)
+            for r in collect(client, 32, timeout=30):
+                self.assertEqual(r.outcome, "completed", r.error)
+                seen.add(bytes(r.output).decode())
+        return seen
+
+    def test_supervised_pool_gives_each_worker_its_device(self):
+        client = small_client()
+        self.addCleanup(client.close)
+        client.start_supervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                     count=1, devices=["0", "1"],
+                                     env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "CUDA_VISIBLE_DEVICES": "9"})
+        self.assertEqual(len(client.workers()), 2, "one worker per device, whatever count says")
+        self.assertEqual(self.seen_devices(client, 2), {"0", "1"})
+
+    def test_python_pool_gives_each_worker_its_device(self):
+        client = small_client()
+        self.addCleanup(client.close)
+        err = stderr_file(self)
+        started = client.start_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                    devices=["3", "GPU-7"], stderr=err)
+        self.assertEqual(len(started), 2)
+        self.assertEqual(self.seen_devices(client, 2), {"3", "GPU-7"})
+
+    def test_without_devices_the_variable_is_not_set(self):
+        client = small_client()
+        self.addCleanup(client.close)
+        client.start_supervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                     count=1, env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+        self.assertEqual(self.seen_devices(client, 1), {"-"})
+
+
 class InProcessBatcherTest(unittest.TestCase):
     """The Batcher over a worker attached in this process: the buffer is reused and a
     stop runs the tiles still held."""
