@@ -38,6 +38,10 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 _pinned: Dict[int, int] = {}
 #: Mappings for which registration was tried and is not possible (no CUDA, refused).
 _unpinnable: Dict[int, str] = {}
+#: Reused staging tensors of to_device (device, dtype, shape) -> tensor; only ever read
+#: by a conversion that completes (CPU) or is stream-ordered (CUDA) before the next use.
+_staging: Dict[tuple, torch.Tensor] = {}
+_MAX_STAGING = 4
 
 
 def cuda_usable() -> bool:
@@ -132,7 +136,9 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
     Each tile's arena block is copied once, straight into its slice of a (B, H, W, C)
     tensor of the tiles' own dtype on the device (non-blocking from the pinned arena on
     CUDA; the arena is pinned on first use), then converted there to ``dtype`` (None:
-    keep the tiles' dtype) and, for ``layout="NCHW"``, permuted to (B, C, H, W). A 2-D
+    keep the tiles' dtype) and, for ``layout="NCHW"``, permuted to (B, C, H, W): shape
+    NCHW, memory in the channels-last order the tiles already have (convolutions on the
+    CPU and cuDNN run fastest on it; call ``.contiguous()`` for NCHW memory). A 2-D
     tile is treated as one channel. The input blocks must stay with the worker until the
     copies finished: :func:`publish` synchronizes before answering any tile.
     """
@@ -149,7 +155,15 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
     if cuda:
         pin_arena(first)
     src_dtype = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
-    raw = torch.empty((len(tiles), *shape), dtype=src_dtype, device=device)
+    convert = dtype is not None and dtype != src_dtype
+    key = (str(device), src_dtype, len(tiles), shape)
+    raw = _staging.get(key) if convert else None
+    if raw is None:
+        raw = torch.empty((len(tiles), *shape), dtype=src_dtype, device=device)
+        if convert:
+            _staging[key] = raw
+            while len(_staging) > _MAX_STAGING:
+                _staging.pop(next(iter(_staging)))
     for i, t in enumerate(tiles):
         if tuple(t.shape) != shape or t.dtype != first.dtype:
             raise ValueError(f"to_device: tile {i} is {t.dtype} {tuple(t.shape)}, the batch is {first.dtype} {shape}")
@@ -157,9 +171,9 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
     x = raw if len(shape) == 3 else raw.unsqueeze(-1)
     if layout == "NCHW":
         x = x.permute(0, 3, 1, 2)
-    if dtype is not None and dtype != x.dtype:
-        x = x.to(dtype)
-    return x.contiguous()
+    if convert:
+        x = x.to(dtype)  # a new tensor: the staging tensor is free for the next batch
+    return x
 
 
 def publish(tiles: List[Any], tensor: torch.Tensor) -> int:
