@@ -39,6 +39,16 @@ def make_tiles(n, edge, seed=5):
     return tiles
 
 
+def check_mask(config, index, mask, ref):
+    """`mask` must equal the per-tile mask, except where the per-tile logit is within
+    float rounding of the threshold (a different convolution code path may round the
+    other way there)."""
+    mask_ref, logit = ref
+    bad = (mask != mask_ref) & (np.abs(logit) > 1e-4)
+    if bad.any():
+        raise RuntimeError(f"{config}: tile {index} differs from the per-tile mask at {np.argwhere(bad)[:4].tolist()}")
+
+
 class TesseraConfig:
     def __init__(self, name, argv, tile_bytes, mask_bytes, window):
         import tessera
@@ -65,8 +75,8 @@ class TesseraConfig:
             for r in client.poll(256, 0.05):
                 if r.outcome != "completed":
                     raise RuntimeError(f"{self.name}: tile {r.x} {r.outcome}: {r.error}")
-                if check is not None and r.x in check and not np.array_equal(r.output, check[r.x]):
-                    raise RuntimeError(f"{self.name}: tile {r.x} differs from the in-process mask")
+                if check is not None and r.x in check:
+                    check_mask(self.name, r.x, r.output, check[r.x])
                 done += 1
         return n / (time.perf_counter() - t0)
 
@@ -91,8 +101,8 @@ class InProcessConfig:
             x = torch.from_numpy(np.stack(tiles[i:i + self.batch])).permute(0, 3, 1, 2).float()
             masks = self.infer_batch(self.net, x).numpy()
             for k in range(len(masks)) if check is not None else ():
-                if i + k in check and not np.array_equal(masks[k], check[i + k]):
-                    raise RuntimeError(f"{self.name}: tile {i + k} differs from the per-tile mask")
+                if i + k in check:
+                    check_mask(self.name, i + k, masks[k], check[i + k])
         return n / (time.perf_counter() - t0)
 
     def close(self):
@@ -107,7 +117,7 @@ def main():
     batches = [int(b) for b in a.batches.split(",") if b]
     tiles = [t for t in make_tiles(a.tiles, a.tile)]
     net = torch_worker.build_net()
-    check = np.stack([torch_worker.infer(net, t).numpy() for t in tiles[: min(16, len(tiles))]])
+    check = [(torch_worker.infer(net, t).numpy(), torch_worker.logits(net, t)) for t in tiles[:16]]
     base = [sys.executable, "-m", "tessera.worker"]
     init = ["--init", "tessera_examples.torch_worker:init"]
     edge = a.tile

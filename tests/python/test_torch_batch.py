@@ -44,7 +44,12 @@ class TorchBatchWorkerTest(unittest.TestCase):
         saw_tissue = saw_glass = False
         for i, (rgb, r) in enumerate(zip(tiles, got)):
             self.assertEqual((r.outcome, r.x), ("completed", i), r.error)
-            np.testing.assert_array_equal(r.output, torch_worker.infer(net, rgb).numpy())
+            # Equal to the per-tile mask; only a logit within float rounding of the
+            # threshold may round the other way in another convolution code path.
+            differ = r.output != torch_worker.infer(net, rgb).numpy()
+            logit = torch_worker.logits(net, rgb)
+            self.assertFalse((differ & (np.abs(logit) > 1e-4)).any(), f"tile {i}: masks differ")
+            self.assertLessEqual(int(differ.sum()), 2, f"tile {i}: too many pixels on the threshold")
             saw_tissue |= bool((r.output == 255).any())
             saw_glass |= bool((r.output == 0).any())
         self.assertTrue(saw_tissue and saw_glass, "a degenerate net would make this test meaningless")

@@ -77,6 +77,13 @@ def infer(net: torch.nn.Module, rgb: np.ndarray) -> torch.Tensor:
     return (logit > 0).to(torch.uint8).mul_(255).cpu()
 
 
+def logits(net: torch.nn.Module, rgb: np.ndarray) -> np.ndarray:
+    """The net's float output for one tile (H, W): the mask is logits > 0."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    with torch.no_grad():
+        return net(x)[0, 0].numpy()
+
+
 def infer_batch(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """float (B, 3, H, W) with values 0..255 -> uint8 masks (B, H, W); the same arithmetic as infer()."""
     with torch.no_grad():
