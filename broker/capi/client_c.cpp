@@ -210,12 +210,10 @@ TESSERA_API void tessera_client_destroy(tessera_client_t* c) {
   }
 }
 
-TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec) {
-  return tessera_client_start_pool_ext(c, spec, nullptr);
-}
+namespace {
 
-TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera_pool_spec_t* spec,
-                                              const tessera_pool_spec_ext_t* ext) {
+int start_pool_impl(tessera_client_t* c, const tessera_pool_spec_t* spec, const tessera_pool_spec_ext_t* ext,
+                    const char* const* devices, size_t n_devices) {
   return rec(c, guarded("tessera_client_start_pool", [&] {
     if (!live(c)) return invalid("tessera_client_start_pool: not a client");
     if (spec == nullptr || spec->argv == nullptr || spec->argc == 0 || spec->argv[0] == nullptr)
@@ -238,6 +236,11 @@ TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera
       ps.init_scripts.emplace_back(spec->init_scripts[i]);
     }
     ps.count = spec->count;
+    if (n_devices > 0 && devices == nullptr) return invalid("tessera_client_start_pool_on_devices: n_devices > 0 but devices is NULL");
+    for (size_t i = 0; i < n_devices; ++i) {
+      if (devices[i] == nullptr) return invalid("tessera_client_start_pool_on_devices: NULL in devices");
+      ps.devices.emplace_back(devices[i]);
+    }
     ps.max_retries = spec->max_retries;
     ps.restart = spec->restart != 0;
     if (spec->ready_timeout_ms > 0) ps.ready_timeout = std::chrono::milliseconds(spec->ready_timeout_ms);
@@ -257,6 +260,23 @@ TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera
                      "start workers yourself with tessera_client_add_external_worker");
 #endif
   }));
+}
+
+}  // namespace
+
+TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec) {
+  return start_pool_impl(c, spec, nullptr, nullptr, 0);
+}
+
+TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera_pool_spec_t* spec,
+                                              const tessera_pool_spec_ext_t* ext) {
+  return start_pool_impl(c, spec, ext, nullptr, 0);
+}
+
+TESSERA_API int tessera_client_start_pool_on_devices(tessera_client_t* c, const tessera_pool_spec_t* spec,
+                                                     const char* const* devices, size_t n_devices) {
+  if (n_devices == 0) return rec(c, invalid("tessera_client_start_pool_on_devices: no devices"));
+  return start_pool_impl(c, spec, nullptr, devices, n_devices);
 }
 
 TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const char* name, tessera_external_worker_t* out) {

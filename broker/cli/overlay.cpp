@@ -42,6 +42,8 @@ struct OverlayArgs {
   bool progress = false, no_progress = false;
   bool json = false;
   bool verbose = false;
+  std::vector<std::string> devices;  // one worker per device (CUDA_VISIBLE_DEVICES)
+  int batch = 0;                     // --worker torch: tiles per forward pass (0: per tile)
 };
 
 std::filesystem::path self_dir() {
@@ -66,8 +68,13 @@ PoolSpec pool_for(const OverlayArgs& a) {
     if (a.worker == "numpy")
       p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.numpy_worker:handler"};
     else
-      p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.torch_worker:handler", "--init",
+      p.argv = {"/usr/bin/python3", "-m", "tessera.worker",
+                a.batch > 0 ? "tessera_examples.torch_worker:handle_batch" : "tessera_examples.torch_worker:handler", "--init",
                 "tessera_examples.torch_worker:init"};
+    if (a.worker == "torch" && a.batch > 0) {
+      p.argv.push_back("--batch");
+      p.argv.push_back(std::to_string(a.batch));
+    }
     p.env["PYTHONPATH"] = py.string();
     p.ready_timeout = std::chrono::milliseconds(120'000);  // importing torch takes seconds
   } else {
@@ -84,6 +91,7 @@ PoolSpec pool_for(const OverlayArgs& a) {
     if (!cur.empty()) p.argv.push_back(cur);
     p.env["PYTHONPATH"] = py.string();
   }
+  p.devices = a.devices;
   return p;
 }
 
@@ -235,6 +243,7 @@ int run(const OverlayArgs& a) {
   ClientOptions co;
   co.arena = arena_for(edge * edge * 3, edge * edge, a.in_flight, po.readers);
   co.max_in_flight = a.in_flight * 2;
+  co.worker_window = std::max<std::uint32_t>(co.worker_window, 2 * static_cast<std::uint32_t>(a.batch));  // room for full batches
   auto client = Client::embedded(co);
   if (!client) {
     fmt::print(stderr, "tessera overlay: cannot create the arena: {}\n", client.error().message);
@@ -243,7 +252,8 @@ int run(const OverlayArgs& a) {
   const PoolSpec spec = pool_for(a);
   std::string cmd;
   for (const auto& part : spec.argv) cmd += (cmd.empty() ? "" : " ") + part;
-  fmt::print("workers:  {} x {}; readers: {}\n", spec.count, cmd, po.readers);
+  fmt::print("workers:  {} x {}; readers: {}\n", spec.devices.empty() ? spec.count : static_cast<int>(spec.devices.size()),
+             cmd, po.readers);
   if (auto r = (*client)->start_pool(spec); !r) {
     fmt::print(stderr, "tessera overlay: the worker pool did not start: {}\n", r.error().message);
     return 1;
@@ -360,6 +370,10 @@ Subcommand add_overlay(CLI::App& parent) {
   app->add_flag("--no-progress", args->no_progress, "No progress bar");
   app->add_flag("--json", args->json, "Also print the report as one JSON line");
   app->add_flag("--verbose,-v", args->verbose, "Log worker supervision events");
+  app->add_option("--devices", args->devices, "One worker per device, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES; overrides --workers)")
+      ->delimiter(',');
+  app->add_option("--batch", args->batch, "--worker torch: run the batch handler, up to N tiles per forward pass")
+      ->check(CLI::Range(0, 1024));
   return {app, [args] { return run(*args); }};
 }
 

@@ -261,12 +261,57 @@ static void test_start_pool(void) {
   tessera_client_destroy(c);
 }
 
+/* One worker per device: bad device lists are rejected at the call, a good one starts
+ * one worker per entry whatever count says, and its tiles complete. */
+static void test_start_pool_on_devices(void) {
+  tessera_client_t* c = NULL;
+  tessera_client_options_t o;
+  tessera_client_options_init(&o);
+  tessera_size_class_t classes[1] = {{4096, 256}};
+  o.classes = classes;
+  o.n_classes = 1;
+  o.n_rings = 8;
+  o.ring_capacity = 64;
+  o.prefault = 0;
+  CHECK(tessera_client_create(&o, &c) == 0, "create");
+  if (c == NULL) return;
+  const char* argv[] = {worker_path(), "--threshold", "100"};
+  tessera_pool_spec_t spec;
+  tessera_pool_spec_init(&spec);
+  spec.argv = argv;
+  spec.argc = 3;
+  spec.count = 5; /* ignored: one worker per device */
+  spec.ready_timeout_ms = 20000;
+  const char* bad[] = {"0", NULL};
+  CHECK(tessera_client_start_pool_on_devices(c, &spec, bad, 0) == -TESSERA_EINVAL, "no devices must be EINVAL");
+  CHECK(tessera_client_start_pool_on_devices(c, &spec, bad, 2) == -TESSERA_EINVAL, "NULL device must be EINVAL");
+  const char* devs[] = {"0", "1"};
+  int rc = tessera_client_start_pool_on_devices(c, &spec, devs, 2);
+  if (rc == -TESSERA_EUNAVAILABLE && strstr(tessera_last_error(), "no worker pool") != NULL) {
+    tessera_client_destroy(c);
+    return;
+  }
+  CHECK(rc == 0, "start_pool_on_devices rc=%d: %s", rc, tessera_last_error());
+  uint32_t s;
+  CHECK(tessera_client_open_stream(c, NULL, &s) == 0, "open_stream");
+  for (int i = 0; i < 10; ++i) submit(c, s, 0, 10, i);
+  tessera_result_t res[10];
+  int got = collect(c, res, 10);
+  CHECK(got == 10, "devices pool: got %d", got);
+  for (int i = 0; i < got; ++i) {
+    CHECK(res[i].outcome == TESSERA_OUTCOME_COMPLETED, "devices pool tile: %s", res[i].error);
+    tessera_client_release_result(c, res[i].id);
+  }
+  tessera_client_destroy(c);
+}
+
 int main(void) {
   alarm(170); /* never hang a test run */
   signal(SIGPIPE, SIG_IGN);
   if (tessera_client_abi_version() != TESSERA_CLIENT_ABI_VERSION) return 1;
   test_pipeline();
   test_start_pool();
+  test_start_pool_on_devices();
   if (g_failures != 0) {
     fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -148,6 +148,11 @@ TESSERA_API void tessera_client_destroy(tessera_client_t* c);
 /* Spawns spec->count workers and returns once each reported ready, or fails with
  * the worker's own error. -TESSERA_EUNAVAILABLE if this build has no pool support. */
 TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec);
+/* Like tessera_client_start_pool, with one worker per device (spec->count is ignored):
+ * worker i runs with CUDA_VISIBLE_DEVICES=devices[i]. A separate entry point rather than
+ * a field, so that tessera_pool_spec_t keeps its size for programs built against it. */
+TESSERA_API int tessera_client_start_pool_on_devices(tessera_client_t* c, const tessera_pool_spec_t* spec,
+                                                     const char* const* devices, size_t n_devices);
 /* Registers a worker slot and channel for a process the caller starts itself; the
  * caller then reports its pid (set_worker_pid) and its death (worker_died). */
 TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const char* name, tessera_external_worker_t* out);

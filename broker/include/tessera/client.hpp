@@ -54,6 +54,9 @@ struct PoolSpec {
   bool restart = true;                           // respawn dead workers (with backoff)
   std::chrono::milliseconds ready_timeout{30'000};
   std::chrono::milliseconds cancel_grace{2'000};
+  // Accelerators, one worker each (overrides count): worker i gets CUDA_VISIBLE_DEVICES=devices[i],
+  // so each model owns one device and one ring. Empty: `count` workers, environment untouched.
+  std::vector<std::string> devices;
 };
 
 struct StreamOptions {

@@ -118,7 +118,9 @@ void Client::Impl::PoolDeleter::operator()(PoolRuntime* p) const noexcept { dele
 Result<void> Client::start_pool(const PoolSpec& spec) {
   auto& I = *impl_;
   if (spec.argv.empty()) return fail(Errc::invalid_argument, "start_pool: empty worker command");
-  if (spec.count <= 0) return fail(Errc::invalid_argument, "start_pool: count must be > 0");
+  if (spec.devices.empty() && spec.count <= 0) return fail(Errc::invalid_argument, "start_pool: count must be > 0");
+  for (const auto& d : spec.devices)
+    if (d.empty() || d.find_first_of(" =\n") != std::string::npos) return fail(Errc::invalid_argument, "start_pool: bad device name '" + d + "'");
   if (!I.pool) {
     SupervisorOptions so;
     so.auto_respawn = false;  // the client recovers rings and blocks first, then respawns
@@ -136,7 +138,8 @@ Result<void> Client::start_pool(const PoolSpec& spec) {
   I.max_retries = spec.max_retries;
   I.cancel_grace = spec.cancel_grace;
   if (spec.restart) I.respawn_hook = [pool](std::int32_t idx) { pool->request_respawn(idx); };
-  for (int i = 0; i < spec.count; ++i) {
+  const int count = spec.devices.empty() ? spec.count : static_cast<int>(spec.devices.size());
+  for (int i = 0; i < count; ++i) {
     auto idx = I.new_worker_slot(spec.argv[0], -1);
     if (!idx) return fail(std::move(idx).error());
     const std::uint32_t wslot = I.workers[static_cast<std::size_t>(*idx)].slot;
@@ -146,6 +149,7 @@ Result<void> Client::start_pool(const PoolSpec& spec) {
     ws.env = spec.env;
     ws.env["TESSERA_ARENA_FD"] = "3";
     ws.env["TESSERA_SLOT"] = std::to_string(wslot);
+    if (!spec.devices.empty()) ws.env["CUDA_VISIBLE_DEVICES"] = spec.devices[static_cast<std::size_t>(i)];
     ws.pass_fds = {I.arena.fd()};
     ws.init_scripts = spec.init_scripts;
     ws.init_scripts.push_back("tessera.ready");  // readiness: the arena is attached and the tile loop runs

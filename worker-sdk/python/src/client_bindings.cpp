@@ -171,8 +171,10 @@ void bind_client(py::module_& m) {
       .def(
           "start_pool",
           [](PyClient& pc, std::vector<std::string> argv, int count, std::map<std::string, std::string> env,
-             std::vector<std::string> init_scripts, int max_retries, bool restart, double ready_timeout, double cancel_grace) {
+             std::vector<std::string> init_scripts, int max_retries, bool restart, double ready_timeout, double cancel_grace,
+             std::vector<std::string> devices) {
             PoolSpec spec;
+            spec.devices = std::move(devices);
             spec.argv = std::move(argv);
             spec.count = count;
             spec.env = std::move(env);
@@ -190,9 +192,10 @@ void bind_client(py::module_& m) {
           },
           py::arg("argv"), py::arg("count") = 1, py::arg("env") = std::map<std::string, std::string>{},
           py::arg("init_scripts") = std::vector<std::string>{}, py::arg("max_retries") = 1, py::arg("restart") = true,
-          py::arg("ready_timeout") = 30.0, py::arg("cancel_grace") = 2.0,
+          py::arg("ready_timeout") = 30.0, py::arg("cancel_grace") = 2.0, py::arg("devices") = std::vector<std::string>{},
           "Starts a supervised pool (the broker's supervisor: restarts, retries, death detection) and waits until "
-          "every worker is ready. `env` is added to a scrubbed environment.")
+          "every worker is ready. `env` is added to a scrubbed environment. `devices`: one worker per device "
+          "(overrides count), each with CUDA_VISIBLE_DEVICES set to its device.")
       .def("set_worker_pid", [](PyClient& pc, std::int32_t index, int pid) { pc.get().set_worker_pid(index, pid); })
       .def("worker_died", [](PyClient& pc, std::int32_t index, const std::string& reason) { pc.get().worker_died(index, reason); },
            "Tells the broker a worker is gone: its tiles are retried or failed, its blocks reclaimed.")

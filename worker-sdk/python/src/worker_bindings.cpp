@@ -35,6 +35,7 @@ struct PyWorker {
   std::vector<Tile> batch;
   std::vector<PyTile*> live;          // tiles handed to Python and not yet destroyed
   PyObject* on_script = nullptr;      // strong ref; released with the GIL held
+  std::vector<PyObject*> before_unmap;  // strong refs: called (GIL held) before the arena is unmapped
 
   ~PyWorker();
   void close();
@@ -64,9 +65,16 @@ struct PyTile {
 
 PyWorker::~PyWorker() {
   close();
-  if (on_script != nullptr && Py_IsInitialized() != 0) {
+  if (Py_IsInitialized() != 0 && (on_script != nullptr || !before_unmap.empty())) {
     py::gil_scoped_acquire g;
-    Py_DECREF(on_script);
+    // Last registered first (e.g. a CUDA host registration of the mapping goes before munmap).
+    for (auto it = before_unmap.rbegin(); it != before_unmap.rend(); ++it) {
+      PyObject* r = PyObject_CallNoArgs(*it);
+      if (r == nullptr) PyErr_WriteUnraisable(*it);
+      Py_XDECREF(r);
+      Py_DECREF(*it);
+    }
+    if (on_script != nullptr) Py_DECREF(on_script);
   }
 }
 
@@ -187,6 +195,8 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
       .def_property_readonly("shape", [](const PyTile& t) { return shape_tuple(t.tile.input().shape()); })
       .def_property_readonly("input_address", [](const PyTile& t) { return reinterpret_cast<std::uintptr_t>(t.tile.input().data()); },
                              "Address of the input block in this process (equals input.__array_interface__['data'][0]).")
+      .def_property_readonly("_worker", [](const PyTile& t) { return t.owner; },
+                             "The native worker this tile came from (tessera.torch pins its arena).")
       .def_property_readonly("descriptor", [](const PyTile& t) { return descriptor_bytes(t.tile.desc()); },
                              "The raw 64-byte ring descriptor (read it with tessera.fb.TileDesc).")
       .def_property_readonly(
@@ -330,6 +340,16 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
         }
         return d;
       })
+      .def_property_readonly("arena_address", [](const PyWorker& pw) {
+        if (pw.w == nullptr) throw py::value_error("tessera: the worker is closed");
+        return reinterpret_cast<std::uintptr_t>(pw.w->arena().base());
+      }, "Address of this worker's arena mapping (for a one-time CUDA host registration).")
+      .def_property_readonly("arena_size", [](const PyWorker& pw) {
+        if (pw.w == nullptr) throw py::value_error("tessera: the worker is closed");
+        return static_cast<std::uint64_t>(pw.w->arena().size());
+      }, "Bytes of this worker's arena mapping.")
+      .def("_before_unmap", [](PyWorker& pw, py::object fn) { pw.before_unmap.push_back(fn.inc_ref().ptr()); }, py::arg("fn"),
+           "Calls fn() (GIL held) when the worker is destroyed, before its arena mapping goes.")
       .def("close", &PyWorker::close,
            "Answers every tile still held (failed: worker stopped), frees unpublished outputs, stops the runtime.")
       .def("finish", [](PyWorker& pw) {

@@ -25,8 +25,9 @@ Host side::
 """
 
 from ._tessera import InputBlock, TesseraError, Tile, TileResult
+from .batch import Batcher, batch_handler
 from .client import Client
 from .sdk import Worker, handle_tile
 
-__all__ = ["Client", "InputBlock", "TesseraError", "Tile", "TileResult", "Worker", "handle_tile"]
+__all__ = ["Batcher", "batch_handler", "Client", "InputBlock", "TesseraError", "Tile", "TileResult", "Worker", "handle_tile"]
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ class Tile:
     shape: Tuple[int, ...]
     input_address: int
     descriptor: bytes
+    _worker: "Worker"
     @property
     def input(self) -> np.ndarray: ...
     def output(self, dtype: DTypeLike, shape: ShapeLike) -> np.ndarray: ...
@@ -37,6 +38,9 @@ class Worker:
     stopping: bool
     pending_tiles: int
     stats: dict
+    arena_address: int
+    arena_size: int
+    def _before_unmap(self, fn: object) -> None: ...
     @staticmethod
     def from_env(spin_us: int = 50) -> "Worker": ...
     @staticmethod

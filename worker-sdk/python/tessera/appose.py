@@ -460,8 +460,12 @@ class ScriptWorker:
         self.exports.update(ns)  # `_` names too (the reference worker drops them)
 
     # ---- tiles ----
-    def serve_tiles(self, handler: Handler, max_batch: int = 16, timeout: float = 0.1) -> None:
-        """Runs ``Worker.run(handler)`` on the arena, beside script tasks, on its own thread."""
+    def serve_tiles(self, handler: Handler, max_batch: int = 16, timeout: float = 0.1, batch: int = 0,
+                    max_wait: float = 0.002) -> None:
+        """Runs ``Worker.run(handler)`` on the arena, beside script tasks, on its own thread.
+
+        With ``batch > 0`` the handler is a batch handler ``handler(batch, tiles)`` fed up to
+        ``batch`` tiles at once (``Worker.run_batched``, see :mod:`tessera.batch`)."""
         if self._tile_thread is not None:
             raise RuntimeError("this worker already serves tiles")
         w = Worker.from_env()
@@ -469,7 +473,10 @@ class ScriptWorker:
 
         def loop() -> None:
             try:
-                w.run(handler, max_batch=max_batch, timeout=timeout)
+                if batch > 0:
+                    w.run_batched(handler, max_batch=batch, max_wait=max_wait, timeout=timeout)
+                else:
+                    w.run(handler, max_batch=max_batch, timeout=timeout)
             except BaseException:  # noqa: BLE001 - keep the reason for tessera.stats / stderr
                 self._tile_error = traceback.format_exc()
                 sys.stderr.write("tessera.worker: tile loop stopped: " + self._tile_error)

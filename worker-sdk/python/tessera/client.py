@@ -119,26 +119,36 @@ class Client:
 
     def start_supervised_pool(self, argv: Sequence[str], count: int = 1, env: Optional[Mapping[str, str]] = None,
                               init_scripts: Sequence[str] = (), max_retries: int = 1, restart: bool = True,
-                              ready_timeout: float = 30.0, cancel_grace: float = 2.0) -> None:
+                              ready_timeout: float = 30.0, cancel_grace: float = 2.0,
+                              devices: Sequence[str] = ()) -> None:
         """Starts ``count`` workers under the broker's own supervisor (C++): deaths are
         detected by the broker, tiles retried, workers restarted with backoff.
 
         The workers get a scrubbed environment plus ``env``; for a Python worker pass
         at least PYTHONPATH. Raises TesseraError with the worker's message on failure.
+        ``devices`` (e.g. ``["0", "1"]``): one worker per device instead of ``count``,
+        each with ``CUDA_VISIBLE_DEVICES`` set to its own device.
         """
         self._c.start_pool(list(argv), count, dict(env or {}), list(init_scripts), max_retries, restart,
-                           ready_timeout, cancel_grace)
+                           ready_timeout, cancel_grace, [str(d) for d in devices])
 
     def start_pool(self, argv: Sequence[str], count: int = 1, env: Optional[Mapping[str, str]] = None,
-                   init_scripts: Sequence[str] = (), ready_timeout: float = 30.0, stderr=None) -> List[int]:
+                   init_scripts: Sequence[str] = (), ready_timeout: float = 30.0, stderr=None,
+                   devices: Sequence[str] = ()) -> List[int]:
         """Starts ``count`` workers from Python and returns once each reported ready.
 
         The workers inherit this process's environment plus ``env``; their deaths are
         noticed in :meth:`poll` (no restart). ``init_scripts`` are Appose scripts run
         in order before the readiness check. Raises WorkerStartError with the
         worker's own message if one fails. See also :meth:`start_supervised_pool`.
+        ``devices``: one worker per device instead of ``count``, each with
+        ``CUDA_VISIBLE_DEVICES`` set to its own device.
         """
-        started = [self.spawn_worker(argv, env=env, stderr=stderr) for _ in range(count)]
+        if devices:
+            started = [self.spawn_worker(argv, env={**(env or {}), "CUDA_VISIBLE_DEVICES": str(d)}, stderr=stderr)
+                       for d in devices]
+        else:
+            started = [self.spawn_worker(argv, env=env, stderr=stderr) for _ in range(count)]
         for index in started:
             p = self._pool[index]
             for script in init_scripts:

@@ -122,6 +122,31 @@ class Worker:
             self._w.close()
         return self.stats
 
+    def run_batched(self, handler, max_batch: int = 32, max_wait: float = 0.002, timeout: float = 0.1,
+                    assemble: Optional[bool] = None, on_batch: Optional[Callable[[int], None]] = None) -> dict:
+        """Runs the batch handler ``handler(batch, tiles)`` until the worker stops.
+
+        Tiles of one dtype and shape are grouped into batches of up to ``max_batch``;
+        a partial batch runs once its oldest tile waited ``max_wait`` seconds. See
+        :mod:`tessera.batch` for the handler contract. ``assemble`` (default: the
+        handler's ``@batch_handler`` mark, else True) copies the inputs into one array.
+        Returns the worker's counters.
+        """
+        from .batch import Batcher
+
+        if assemble is None:
+            assemble = getattr(handler, "tessera_assemble", True)
+        batcher = Batcher(self._w, max_batch=max_batch, max_wait=max_wait, timeout=timeout, assemble=assemble)
+        restore = self._install_sigterm()
+        try:
+            batcher.run(handler, on_batch=on_batch)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            restore()
+            self._w.close()
+        return self.stats
+
     def request_stop(self) -> None:
         """Makes the loop end after the current batch (thread-safe)."""
         self._w.request_stop()

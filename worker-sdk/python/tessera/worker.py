@@ -76,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    metavar="N", help="re-execute this process after N tasks (init script replayed)")
     p.add_argument("--max-rss-mb", type=float, default=float(os.environ.get("TESSERA_APPOSE_MAX_RSS_MB", "0")),
                    metavar="MB", help="re-execute this process after a task that left it above MB resident")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="HANDLER is a batch handler(batch, tiles) fed up to N tiles at once (see tessera.batch)")
+    p.add_argument("--max-wait", type=float, default=0.002, metavar="S",
+                   help="with --batch: a partial batch runs once its oldest tile waited S seconds (default 0.002)")
     return p.parse_args(argv)
 
 
@@ -122,7 +126,8 @@ def main(argv=None) -> int:
     if handler is not None and server.init_error is None:
         if os.environ.get("TESSERA_ARENA_FD"):
             try:
-                server.serve_tiles(handler, max_batch=args.max_batch, timeout=args.timeout)
+                server.serve_tiles(handler, max_batch=args.max_batch, timeout=args.timeout,
+                                   batch=args.batch, max_wait=args.max_wait)
             except Exception as e:  # noqa: BLE001 - cannot attach: say so, exit non-zero
                 sys.stderr.write(f"tessera.worker: cannot start: {e}\n")
                 return 2

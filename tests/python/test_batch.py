@@ -1,0 +1,196 @@
+"""Batch handlers through real worker processes (`python3 -m tessera.worker --batch N`):
+assembly and publication, uneven batches, mixed shapes, the partial-batch deadline,
+per-tile failures and exceptions inside a batch; and the Batcher in-process."""
+
+import os
+import threading
+import time
+import unittest
+
+import numpy as np
+
+import tessera
+from tessera_test_support import collect, python_worker, small_client, stderr_file, submit_rgb
+
+
+def rgb(seed, h, w, c=3):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, c), dtype=np.uint8)
+
+
+class BatchWorkerTest(unittest.TestCase):
+    def start(self, batch, max_wait, handler="batch_handlers:report"):
+        self.client = small_client(ring_capacity=128, worker_window=128, classes=[(4096, 1024), (65536, 512)])
+        self.addCleanup(self.client.close)
+        self.err = stderr_file(self)
+        self.client.start_pool(python_worker(handler, "--batch", str(batch), "--max-wait", str(max_wait)),
+                               count=1, stderr=self.err)
+
+    def run_tiles(self, specs, ordered=True):
+        """specs: (h, w, op) per tile; returns (inputs, results in delivery order)."""
+        s = self.client.open_stream(ordered=ordered, max_in_flight=256)
+        inputs = []
+        for i, (h, w, op) in enumerate(specs):
+            a = rgb(i, h, w)
+            inputs.append(a)
+            submit_rgb(self.client, s, a, op=op, x=i)
+        got = collect(self.client, len(specs), timeout=60)
+        self.assertEqual(len(got), len(specs), "results missing")
+        return inputs, got
+
+    def test_outputs_land_in_their_tiles_in_order_with_uneven_batches(self):
+        self.start(batch=32, max_wait=0.2)
+        inputs, got = self.run_tiles([(16, 16, 0)] * 70)
+        sizes = []
+        for i, r in enumerate(got):
+            self.assertEqual(r.seq, i, "ordered stream out of order")
+            self.assertEqual(r.outcome, "completed", r.error)
+            x, total, n, h, _ = r.output.tolist()
+            self.assertEqual(x, i, "a batch slice went to another tile")
+            self.assertEqual(total, int(inputs[i].sum()))
+            self.assertLessEqual(n, 32)
+            sizes.append(n)
+        self.assertEqual(max(sizes), 32, f"no full batch formed: {sorted(set(sizes))}")
+        self.assertIn(70 % 32, sizes, "the last, uneven batch is missing")
+
+    def test_mixed_shapes_are_split_into_uniform_batches(self):
+        self.start(batch=8, max_wait=0.1)
+        shapes = [(16, 16), (24, 16), (8, 40)]
+        specs = [(*shapes[i % 3], 0) for i in range(48)]
+        inputs, got = self.run_tiles(specs)
+        for i, r in enumerate(got):
+            self.assertEqual(r.outcome, "completed", r.error)
+            x, total, n, h, _ = r.output.tolist()
+            self.assertEqual((x, total, h), (i, int(inputs[i].sum()), inputs[i].shape[0]))
+            self.assertLessEqual(n, 8)
+
+    def test_partial_batch_goes_after_max_wait(self):
+        self.start(batch=32, max_wait=0.6)
+        s = self.client.open_stream(ordered=True)
+        t0 = time.monotonic()
+        for i in range(3):
+            submit_rgb(self.client, s, rgb(i, 8, 8), x=i)
+        got = collect(self.client, 3, timeout=30)
+        elapsed = time.monotonic() - t0
+        self.assertEqual([r.outcome for r in got], ["completed"] * 3, [r.error for r in got])
+        self.assertEqual([r.output[2] for r in got], [3, 3, 3], "the three tiles were not one partial batch")
+        self.assertGreaterEqual(elapsed, 0.5, "a partial batch ran before max_wait")
+        self.assertLess(elapsed, 20, "a partial batch was held far beyond max_wait")
+
+    def test_handler_fails_single_tiles_and_publishes_the_rest(self):
+        self.start(batch=16, max_wait=0.05)
+        inputs, got = self.run_tiles([(8, 8, 1)] * 30)
+        for i, r in enumerate(got):
+            if i % 3 == 0:
+                self.assertEqual(r.outcome, "failed")
+                self.assertIn(f"x={i} is a multiple of 3", r.error)
+            else:
+                self.assertEqual(r.outcome, "completed", r.error)
+                self.assertEqual(r.output[:2].tolist(), [i, int(inputs[i].sum())])
+
+    def test_exception_fails_every_tile_of_its_batch_with_the_traceback(self):
+        self.start(batch=16, max_wait=0.05)
+        # The raising batch has its own shape; the worker carries on with the others.
+        specs = [(8, 8, 0)] * 5 + [(12, 12, 2)] * 4 + [(8, 8, 0)] * 5
+        inputs, got = self.run_tiles(specs)
+        for i, r in enumerate(got):
+            if specs[i][2] == 2:
+                self.assertEqual(r.outcome, "failed")
+                self.assertIn("Traceback", r.error)
+                self.assertIn("op 2 raises", r.error)
+            else:
+                self.assertEqual(r.outcome, "completed", r.error)
+                self.assertEqual(r.output[0], i)
+
+    def test_a_handler_without_assembly_answers_tiles_itself(self):
+        self.start(batch=8, max_wait=0.05, handler="batch_handlers:no_assembly")
+        inputs, got = self.run_tiles([(8, 8, 0)] * 20)
+        for i, r in enumerate(got):
+            self.assertEqual(r.outcome, "completed", r.error)
+            self.assertEqual(r.output[:2].tolist(), [i, int(inputs[i].sum())])
+
+
+class DevicesTest(unittest.TestCase):
+    """A device list starts one worker per device, each with its own CUDA_VISIBLE_DEVICES
+    (real worker processes report the variable they see)."""
+
+    def seen_devices(self, client, n_workers):
+        s = client.open_stream(ordered=False, max_in_flight=256)
+        seen = set()
+        end = time.monotonic() + 60
+        while len(seen) < n_workers and time.monotonic() < end:
+            for i in range(32):
+                submit_rgb(client, s, rgb(i, 4, 4), x=i)
+            for r in collect(client, 32, timeout=30):
+                self.assertEqual(r.outcome, "completed", r.error)
+                seen.add(bytes(r.output).decode())
+        return seen
+
+    def test_supervised_pool_gives_each_worker_its_device(self):
+        client = small_client()
+        self.addCleanup(client.close)
+        client.start_supervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                     count=1, devices=["0", "1"],
+                                     env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "CUDA_VISIBLE_DEVICES": "9"})
+        self.assertEqual(len(client.workers()), 2, "one worker per device, whatever count says")
+        self.assertEqual(self.seen_devices(client, 2), {"0", "1"})
+
+    def test_python_pool_gives_each_worker_its_device(self):
+        client = small_client()
+        self.addCleanup(client.close)
+        err = stderr_file(self)
+        started = client.start_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                    devices=["3", "GPU-7"], stderr=err)
+        self.assertEqual(len(started), 2)
+        self.assertEqual(self.seen_devices(client, 2), {"3", "GPU-7"})
+
+    def test_without_devices_the_variable_is_not_set(self):
+        client = small_client()
+        self.addCleanup(client.close)
+        client.start_supervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                     count=1, env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+        self.assertEqual(self.seen_devices(client, 1), {"-"})
+
+
+class InProcessBatcherTest(unittest.TestCase):
+    """The Batcher over a worker attached in this process: the buffer is reused and a
+    stop runs the tiles still held."""
+
+    def setUp(self):
+        self.client = small_client(ring_capacity=128, worker_window=128)
+        self.addCleanup(self.client.close)
+        index, slot, fd = self.client.add_external_worker("thread")
+        os.environ["TESSERA_ARENA_FD"] = str(fd)
+        os.environ["TESSERA_SLOT"] = str(slot)
+        self.worker = tessera.Worker.from_env()
+        self.client.set_worker_pid(index, os.getpid())
+        self.addCleanup(self.worker.close)
+
+    def test_buffer_is_reused_and_stop_flushes_held_tiles(self):
+        s = self.client.open_stream(ordered=True)
+        for i in range(10):
+            submit_rgb(self.client, s, rgb(i, 8, 8), x=i)
+        seen = []
+
+        def handler(batch, tiles):
+            seen.append((batch.__array_interface__["data"][0], len(tiles)))
+            return batch.reshape(len(tiles), -1)[:, :4]
+
+        b = tessera.Batcher(self.worker._w, max_batch=4, max_wait=30.0, timeout=0.05)
+        end = time.monotonic() + 10
+        while b.held + b.tiles_run < 10 and time.monotonic() < end:
+            b.step(handler)
+        self.assertEqual(b.tiles_run, 8, "only full batches may run before max_wait")
+        self.assertEqual(b.held, 2)
+        self.worker.request_stop()
+        self.assertFalse(b.step(handler))
+        self.assertEqual(b.tiles_run, 10, "a stop must run the tiles still held")
+        self.assertEqual(len({addr for addr, _ in seen}), 1, "the assembly buffer was not reused")
+        self.assertEqual([n for _, n in seen], [4, 4, 2])
+        got = collect(self.client, 10)
+        self.assertEqual([r.outcome for r in got], ["completed"] * 10)
+        for i, r in enumerate(got):
+            np.testing.assert_array_equal(r.output, rgb(i, 8, 8).reshape(-1)[:4])
+
+
+if __name__ == "__main__":
+    unittest.main()
