@@ -183,15 +183,9 @@ TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_poo
     ps.max_retries = spec->max_retries;
     ps.restart = spec->restart != 0;
     if (spec->ready_timeout_ms > 0) ps.ready_timeout = std::chrono::milliseconds(spec->ready_timeout_ms);
-#ifdef TESSERA_CLIENT_HAS_START_POOL
     auto r = c->c->start_pool(ps);
     if (!r) return set_error(r.error());
     return 0;
-#else
-    return set_error(Errc::unavailable,
-                     "tessera_client_start_pool: this build's client has no worker pool; "
-                     "start workers yourself with tessera_client_add_external_worker");
-#endif
   });
 }
 

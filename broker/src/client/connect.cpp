@@ -24,6 +24,33 @@ struct Connection {
   }
 };
 
+// The broker owns the workers: it finishes a dead worker's recovery once every
+// client acknowledged steps 1-2, and decides when one is given up.
+class RemoteBroker final : public detail::WorkerControl {
+ public:
+  explicit RemoteBroker(std::shared_ptr<Connection> conn) : conn_(std::move(conn)) {}
+  ~RemoteBroker() override { shutdown(); }
+
+  void recovered(detail::WorkerState& w) override {
+    (void)wire::send_line(conn_->sock, {{"type", "recovered"}, {"index", w.index}});
+  }
+  Result<void> kill(std::int32_t index) override {
+    if (!wire::send_line(conn_->sock, {{"type", "kill_worker"}, {"index", index}}))
+      return fail(Errc::unavailable, "kill_worker: the broker connection is closed");
+    return {};
+  }
+  bool restarts(std::int32_t) const override { return true; }  // until the broker says it gave up
+  void shutdown() noexcept override {
+    if (conn_->stop.exchange(true, std::memory_order_relaxed)) return;  // relaxed: a flag; the reader polls it
+    (void)wire::send_line(conn_->sock, {{"type", "bye"}});
+    ::shutdown(conn_->sock, SHUT_RDWR);
+    if (conn_->reader.joinable()) conn_->reader.join();
+  }
+
+ private:
+  std::shared_ptr<Connection> conn_;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, ClientOptions opts,
@@ -64,9 +91,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
   if (slot < 0 || slot >= static_cast<std::int64_t>(kMaxParticipants)) return fail(Errc::protocol, "connect: bad client slot");
 
   auto impl = std::make_unique<Impl>(std::move(*arena), static_cast<std::uint32_t>(slot), std::move(opts));
-  impl->remote = true;
   impl->max_retries = static_cast<int>(wire::get_int(hello, "max_retries", 1));
   impl->cancel_grace = std::chrono::milliseconds(wire::get_int(hello, "cancel_grace_ms", 2000));
+  impl->control = std::make_unique<RemoteBroker>(conn);  // before any worker: the broker owns their slots
   if (auto it = hello.find("workers"); it != hello.end() && it->value().is_array()) {
     for (const auto& v : it->value().as_array()) {
       if (!v.is_object()) continue;
@@ -80,15 +107,6 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
     }
   }
   Impl* ip = impl.get();
-  const int sock = conn->sock;
-  impl->ack_hook = [sock](std::int32_t idx) { (void)wire::send_line(sock, {{"type", "recovered"}, {"index", idx}}); };
-  impl->kill_hook = [sock](std::int32_t idx) { (void)wire::send_line(sock, {{"type", "kill_worker"}, {"index", idx}}); };
-  impl->shutdown_hook = [conn, sock] {
-    (void)wire::send_line(sock, {{"type", "bye"}});
-    conn->stop.store(true, std::memory_order_relaxed);  // relaxed: a flag; the reader polls it
-    ::shutdown(sock, SHUT_RDWR);
-    if (conn->reader.joinable()) conn->reader.join();
-  };
   conn->reader = std::thread([conn, ip, rest = std::move(buf)]() mutable {
     std::string in = std::move(rest);
     auto dispatch = [&](const boost::json::object& m) {
@@ -121,7 +139,6 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
       wire::for_each_line(in, dispatch);
     }
   });
-  impl->remote_state = conn;
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
