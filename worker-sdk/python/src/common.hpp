@@ -89,4 +89,22 @@ inline py::array view_array(const TensorView& v, py::handle base, bool writable)
   return a;
 }
 
+// Makes this module raise a C++ TesseraError as the Python exception `type`, with the
+// Errc name in its `code` attribute. `type` must outlive the module (a static).
+inline void raise_tessera_errors_as(PyObject* type) {
+  py::register_local_exception_translator([type](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const TesseraError& e) {
+      py::object inst = py::reinterpret_steal<py::object>(PyObject_CallFunction(type, "s", e.what()));
+      if (inst) {
+        inst.attr("code") = std::string(errc_name(e.code));
+        PyErr_SetObject(type, inst.ptr());
+      } else {
+        PyErr_SetString(type, e.what());
+      }
+    }
+  });
+}
+
 }  // namespace tessera::py_bind

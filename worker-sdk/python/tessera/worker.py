@@ -21,7 +21,7 @@ import sys
 import traceback
 from typing import Any, Callable, Dict
 
-from . import _tessera
+from . import _worker as _tessera  # the worker SDK's native module
 from .sdk import Worker, context  # noqa: F401 - `context` is part of this module's API
 
 
