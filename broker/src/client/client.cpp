@@ -535,7 +535,11 @@ void Client::Impl::step() {
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Client::~Client() {
-  if (impl_ && impl_->control) impl_->control->shutdown();
+  if (!impl_) return;
+  // The arena's creator (an embedded client) says so to anyone inspecting it.
+  if (impl_->arena.header().creator_pid == static_cast<std::uint32_t>(::getpid()))
+    impl_->arena.header().shutting_down.store(1, std::memory_order_relaxed);  // relaxed: a hint for `tessera inspect`
+  if (impl_->control) impl_->control->shutdown();
 }
 
 const Arena& Client::arena() const noexcept { return impl_->arena; }

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "client_impl.hpp"
 #include "wire.hpp"
@@ -67,6 +68,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
 
   // Hello: our participant slot, the workers and their channels, and the arena memfd.
   std::string buf;
+  wire::LineReader lines;
+  std::vector<boost::json::object> after_hello;  // lines that came in the same read as the hello
   int arena_fd = -1;
   boost::json::object hello;
   const auto deadline = Clock::now() + timeout;
@@ -76,8 +79,12 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
     pollfd p{conn->sock, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
     if (wire::recv_some(conn->sock, buf, &arena_fd) <= 0) return fail(Errc::unavailable, "connect: the broker closed the connection");
-    wire::for_each_line(buf, [&](const boost::json::object& m) {
-      if (hello.empty()) hello = m;
+    lines.feed(buf, [&](const boost::json::object& m) {
+      if (hello.empty()) {
+        hello = m;
+      } else {
+        after_hello.push_back(m);
+      }
     });
   }
   if (wire::get_str(hello, "type") != "hello") {
@@ -107,8 +114,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
     }
   }
   Impl* ip = impl.get();
-  conn->reader = std::thread([conn, ip, rest = std::move(buf)]() mutable {
-    std::string in = std::move(rest);
+  conn->reader = std::thread([conn, ip, lines = std::move(lines), early = std::move(after_hello)]() mutable {
+    std::string in;
     auto dispatch = [&](const boost::json::object& m) {
       const std::string type = wire::get_str(m, "type");
       const auto idx = static_cast<std::int32_t>(wire::get_int(m, "index"));
@@ -123,7 +130,7 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
         ip->post_event({Impl::Event::Kind::gave_up, idx, 0, wire::get_str(m, "reason")});
       }
     };
-    wire::for_each_line(in, dispatch);
+    for (const auto& m : early) dispatch(m);
     while (!conn->stop.load(std::memory_order_relaxed)) {  // relaxed: a flag
       pollfd p{conn->sock, POLLIN, 0};
       if (::poll(&p, 1, 100) <= 0) continue;
@@ -136,7 +143,7 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
         }
         return;
       }
-      wire::for_each_line(in, dispatch);
+      lines.feed(in, dispatch);
     }
   });
   return std::unique_ptr<Client>(new Client(std::move(impl)));

@@ -43,7 +43,8 @@ class BrokerServer::Impl {
     int pid = 0;
     std::uint32_t slot = kNoSlot;
     std::map<int, std::uint32_t> channels;   // worker index -> channel
-    std::string inbuf;
+    std::string inbuf;                       // bytes of the last read
+    wire::LineReader lines;
     EventLoop::Id watch = 0;
   };
   // A dead client's channel whose worker has not let go of it yet.
@@ -191,7 +192,7 @@ class BrokerServer::Impl {
       return;
     }
     bool bye = false;
-    wire::for_each_line(c.inbuf, [&](const boost::json::object& m) {
+    c.lines.feed(c.inbuf, [&](const boost::json::object& m) {
       const std::string type = wire::get_str(m, "type");
       const std::int64_t index = wire::get_int(m, "index");
       if (type == "recovered") {
@@ -359,6 +360,7 @@ class BrokerServer::Impl {
   void stop() {
     if (stopped) return;
     stopped = true;
+    if (arena.valid()) arena.header().shutting_down.store(1, std::memory_order_relaxed);  // relaxed: a hint for `tessera inspect`
     if (loop) {
       loop->post([this] {
         std::vector<int> ids;
