@@ -37,7 +37,7 @@ install(FILES
   ${PROJECT_SOURCE_DIR}/broker/include/tessera/tensor.hpp
   ${PROJECT_SOURCE_DIR}/worker-sdk/include/tessera/worker.h
   ${PROJECT_SOURCE_DIR}/worker-sdk/include/tessera/worker.hpp
-  ${TESSERA_FB_HEADER}
+  ${PROJECT_BINARY_DIR}/broker/gen/tessera/tile_generated.h  # flatc output (broker/CMakeLists.txt)
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tessera)
 
 install(EXPORT TesseraTargets NAMESPACE Tessera:: DESTINATION ${TESSERA_CMAKE_DIR})
