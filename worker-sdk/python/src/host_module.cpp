@@ -12,7 +12,7 @@ PYBIND11_MODULE(_host, m) {
   using namespace tessera::py_bind;
   m.doc() = "Tessera native bindings of the client. Import `tessera`, not this module.";
   // One reference kept for the life of the process (never released at interpreter exit).
-  static PyObject* const exc = py::module_::import("tessera._worker").attr("TesseraError").release().ptr();
+  static PyObject* const exc = py::object(py::module_::import("tessera._worker").attr("TesseraError")).release().ptr();
   m.attr("TesseraError") = py::handle(exc);
   raise_tessera_errors_as(exc);
   bind_client(m);
