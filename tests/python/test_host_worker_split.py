@@ -53,6 +53,7 @@ class HostWorkerSplitTest(unittest.TestCase):
             time.sleep(60)
         """).replace("import sys\n", "import subprocess, sys\n", 1)
         host = subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(host.stdout.close)
         self.addCleanup(lambda: host.poll() is None and host.kill())
         worker_pid = int(host.stdout.readline())
         host.send_signal(signal.SIGKILL)
