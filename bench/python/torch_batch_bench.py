@@ -57,7 +57,8 @@ class TesseraConfig:
         self.client = tessera.Client.embedded(
             classes=[(4096, 256), (max(65536, mask_bytes), 512), (max(262144, tile_bytes), 512)],
             n_rings=8, ring_capacity=512, worker_window=window, max_in_flight=1024, spin_us=50)
-        self.client.start_pool(argv, count=1, stderr=sys.stderr, ready_timeout=120)
+        self.client.start_unsupervised_pool(argv, count=1, env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+                                            stderr=sys.stderr, ready_timeout=120)
         self.stream = self.client.open_stream(ordered=False, max_in_flight=2 * window)
         self.window = 2 * window
 

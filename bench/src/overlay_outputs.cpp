@@ -13,7 +13,7 @@
 #include <tessera/overlay.hpp>
 
 #include "../common/harness.hpp"
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 #include "tissue_mask.hpp"
 
 namespace tessera::bench {

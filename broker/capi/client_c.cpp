@@ -250,15 +250,9 @@ int start_pool_impl(tessera_client_t* c, const tessera_pool_spec_t* spec, const 
       if (ext->cancel_grace_ms < 0) return invalid("tessera_client_start_pool: cancel_grace_ms must be >= 0");
       ps.cancel_grace = std::chrono::milliseconds(ext->cancel_grace_ms);
     }
-#ifdef TESSERA_CLIENT_HAS_START_POOL
     auto r = c->c->start_pool(ps);
     if (!r) return set_error(r.error());
     return 0;
-#else
-    return set_error(Errc::unavailable,
-                     "tessera_client_start_pool: this build's client has no worker pool; "
-                     "start workers yourself with tessera_client_add_external_worker");
-#endif
   }));
 }
 

@@ -16,7 +16,7 @@
 
 #include <tessera/overlay.hpp>
 
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 #include "subcommand.hpp"
 
 namespace tessera::cli {

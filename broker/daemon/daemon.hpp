@@ -18,8 +18,6 @@ struct Options {
 };
 
 int run_appose(const Options& opts);              // --appose
-int run_trivial_worker();                         // --trivial-worker (bench peer)
-int run_bench_control(const Options& opts, int n);  // --bench-control N
 
 struct ListenOptions {
   std::string socket_path;

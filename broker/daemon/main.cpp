@@ -1,6 +1,5 @@
 // tessera-broker: the broker daemon.
 //   --appose            act as an Appose worker on stdin/stdout (driven by an Appose host)
-//   --bench-control N   control-plane round trip benchmark, one JSON line per result
 //   --listen PATH       standalone broker for client processes (Client::connect)
 #include <cstdio>
 #include <string>
@@ -14,13 +13,9 @@
 int main(int argc, char** argv) {
   CLI::App app{"tessera-broker: shared-memory tile broker (control plane and worker supervision)"};
   bool appose = false;
-  bool trivial = false;
-  int bench_n = 0;
   std::string loop = "auto";
   std::string level = "info";
   app.add_flag("--appose", appose, "Speak the Appose worker protocol on stdin/stdout");
-  app.add_option("--bench-control", bench_n, "Measure EXECUTE->COMPLETION round trips (N tasks)")->check(CLI::PositiveNumber);
-  app.add_flag("--trivial-worker", trivial, "Minimal Appose worker (benchmark peer)")->group("");
   app.add_option("--loop", loop, "Event loop back end")->check(CLI::IsMember({"auto", "io_uring", "epoll"}));
   app.add_option("--log-level", level, "trace, debug, info, warn, error, off");
   tessera::daemon::ListenOptions lo;
@@ -48,8 +43,6 @@ int main(int argc, char** argv) {
   opts.loop = loop == "epoll" ? tessera::LoopChoice::epoll
               : loop == "io_uring" ? tessera::LoopChoice::io_uring
                                    : tessera::LoopChoice::automatic;
-  if (trivial) return tessera::daemon::run_trivial_worker();
-  if (bench_n > 0) return tessera::daemon::run_bench_control(opts, bench_n);
   if (appose) return tessera::daemon::run_appose(opts);
   if (!lo.socket_path.empty()) return tessera::daemon::run_listen(lo);
   std::fprintf(stderr, "%s", app.help().c_str());

@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 
 namespace tessera::test {
 

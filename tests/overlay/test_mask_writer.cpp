@@ -21,7 +21,7 @@
 
 #include <tessera/overlay.hpp>
 
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 #include "test_support.hpp"
 #include <tiffio.h>
 

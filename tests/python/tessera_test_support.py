@@ -22,6 +22,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable
 
 
+def worker_env(**extra):
+    """What a test's workers need beyond the scrubbed environment every pool gives them:
+    the sanitizer runtime when the build is sanitized (set by ctest), plus ``extra``."""
+    env = {k: os.environ[k] for k in ("PYTHONPATH", "LD_PRELOAD", "ASAN_OPTIONS", "TSAN_OPTIONS", "UBSAN_OPTIONS")
+           if k in os.environ}
+    env.update(extra)
+    return env
+
+
 def small_client(**kw):
     opts = dict(classes=[(4096, 512), (65536, 128), (262144, 32)], n_rings=16, ring_capacity=64,
                 worker_window=16, spin_us=20)

@@ -10,7 +10,7 @@ import unittest
 import numpy as np
 
 import tessera
-from tessera_test_support import collect, python_worker, small_client, stderr_file, submit_rgb
+from tessera_test_support import collect, python_worker, small_client, stderr_file, submit_rgb, worker_env
 
 
 def rgb(seed, h, w, c=3):
@@ -22,8 +22,8 @@ class BatchWorkerTest(unittest.TestCase):
         self.client = small_client(ring_capacity=128, worker_window=128, classes=[(4096, 1024), (65536, 512)])
         self.addCleanup(self.client.close)
         self.err = stderr_file(self)
-        self.client.start_pool(python_worker(handler, "--batch", str(batch), "--max-wait", str(max_wait)),
-                               count=1, stderr=self.err)
+        self.client.start_unsupervised_pool(python_worker(handler, "--batch", str(batch), "--max-wait", str(max_wait)),
+                                            count=1, env=worker_env(), stderr=self.err)
 
     def run_tiles(self, specs, ordered=True):
         """specs: (h, w, op) per tile; returns (inputs, results in delivery order)."""
@@ -130,7 +130,7 @@ class DevicesTest(unittest.TestCase):
         self.addCleanup(client.close)
         client.start_supervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
                                      count=1, devices=["0", "1"],
-                                     env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "CUDA_VISIBLE_DEVICES": "9"})
+                                     env=worker_env(CUDA_VISIBLE_DEVICES="9"))
         self.assertEqual(len(client.workers()), 2, "one worker per device, whatever count says")
         self.assertEqual(self.seen_devices(client, 2), {"0", "1"})
 
@@ -138,8 +138,8 @@ class DevicesTest(unittest.TestCase):
         client = small_client()
         self.addCleanup(client.close)
         err = stderr_file(self)
-        started = client.start_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
-                                    devices=["3", "GPU-7"], stderr=err)
+        started = client.start_unsupervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
+                                    devices=["3", "GPU-7"], env=worker_env(), stderr=err)
         self.assertEqual(len(started), 2)
         self.assertEqual(self.seen_devices(client, 2), {"3", "GPU-7"})
 
@@ -147,7 +147,7 @@ class DevicesTest(unittest.TestCase):
         client = small_client()
         self.addCleanup(client.close)
         client.start_supervised_pool(python_worker("batch_handlers:cuda_visible_devices", "--batch", "4"),
-                                     count=1, env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+                                     count=1, env=worker_env())
         self.assertEqual(self.seen_devices(client, 1), {"-"})
 
 

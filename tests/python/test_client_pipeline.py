@@ -8,7 +8,7 @@ import unittest
 import numpy as np
 
 import tessera
-from tessera_test_support import BIN_DIR, collect, random_rgb, small_client, stderr_file, submit_rgb
+from tessera_test_support import BIN_DIR, collect, random_rgb, small_client, stderr_file, submit_rgb, worker_env
 
 WORKER = os.path.join(BIN_DIR, "tessera-tissue-worker")
 
@@ -22,7 +22,7 @@ class ClientPipelineTest(unittest.TestCase):
     def setUp(self):
         self.client = small_client()
         self.addCleanup(self.client.close)
-        self.client.start_pool([WORKER], count=2, stderr=stderr_file(self))
+        self.client.start_unsupervised_pool([WORKER], count=2, env=worker_env(), stderr=stderr_file(self))
         self.rng = np.random.default_rng(3)
 
     def test_masks_come_back_correct_and_in_submission_order(self):

@@ -8,7 +8,8 @@ import unittest
 
 import numpy as np
 
-from tessera_test_support import EXAMPLES_DIR, collect, python_worker, random_rgb, small_client, stderr_file, submit_rgb
+from tessera_test_support import (EXAMPLES_DIR, collect, python_worker, random_rgb, small_client, stderr_file, submit_rgb,
+                                  worker_env)
 
 sys.path.insert(0, EXAMPLES_DIR)
 import numpy_worker  # noqa: E402
@@ -19,7 +20,7 @@ class NumpyWorkerTest(unittest.TestCase):
         self.client = small_client()
         self.addCleanup(self.client.close)
         self.err = stderr_file(self)
-        self.client.start_pool(python_worker("numpy_worker:handler"), count=2, stderr=self.err)
+        self.client.start_unsupervised_pool(python_worker("numpy_worker:handler"), count=2, env=worker_env(), stderr=self.err)
         self.rng = np.random.default_rng(1234)
 
     def test_mask_equals_the_reference_for_every_tile_in_order(self):
@@ -74,7 +75,8 @@ class TorchWorkerTest(unittest.TestCase):
         client = small_client()
         self.addCleanup(client.close)
         err = stderr_file(self)
-        client.start_pool(python_worker("torch_worker:handler", "--init", "torch_worker:init"), count=1, stderr=err)
+        client.start_unsupervised_pool(python_worker("torch_worker:handler", "--init", "torch_worker:init"), count=1, env=worker_env(),
+                                       stderr=err)
         rng = np.random.default_rng(99)
         net = torch_worker.build_net()
         s = client.open_stream(ordered=True)

@@ -6,7 +6,8 @@ import unittest
 
 import numpy as np
 
-from tessera_test_support import HERE, PYTHON, collect, python_worker, reap, small_client, spawn_script, stderr_file, wait_until
+from tessera_test_support import (HERE, PYTHON, collect, python_worker, reap, small_client, spawn_script, stderr_file,
+                                  wait_until, worker_env)
 
 
 def stderr_text(f):
@@ -70,7 +71,8 @@ class SignalTest(unittest.TestCase):
         self.assertIn("stopped cleanly, pending=0", stderr_text(self.err))
 
     def test_sigterm_stops_a_standalone_worker_cleanly(self):
-        index = self.client.start_pool(python_worker("probe_handlers:sleepy"), stderr=self.err)[0]
+        index = self.client.start_unsupervised_pool(python_worker("probe_handlers:sleepy"), env=worker_env(),
+                                                    stderr=self.err)[0]
         proc = self.client.worker_process(index)
         slot = self.client.workers()[index]["slot"]
         self.submit_one(hold_ms=500)

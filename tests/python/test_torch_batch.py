@@ -14,7 +14,7 @@ import torch
 
 import tessera
 from tessera import torch as tt
-from tessera_test_support import EXAMPLES_DIR, collect, python_worker, random_rgb, small_client, stderr_file, submit_rgb
+from tessera_test_support import EXAMPLES_DIR, collect, python_worker, random_rgb, small_client, stderr_file, submit_rgb, worker_env
 
 import sys
 
@@ -27,8 +27,8 @@ class TorchBatchWorkerTest(unittest.TestCase):
         client = small_client(ring_capacity=128, worker_window=64)
         self.addCleanup(client.close)
         err = stderr_file(self)
-        client.start_pool(python_worker("torch_worker:handle_batch", "--batch", "8", "--max-wait", "0.05",
-                                        "--init", "torch_worker:init"), count=1, stderr=err)
+        client.start_unsupervised_pool(python_worker("torch_worker:handle_batch", "--batch", "8", "--max-wait", "0.05",
+                                        "--init", "torch_worker:init"), count=1, env=worker_env(), stderr=err)
         rng = np.random.default_rng(7)
         net = torch_worker.build_net()
         s = client.open_stream(ordered=True, max_in_flight=64)
@@ -58,8 +58,8 @@ class TorchBatchWorkerTest(unittest.TestCase):
         client = small_client()
         self.addCleanup(client.close)
         err = stderr_file(self)
-        client.start_pool(python_worker("torch_worker:handle_batch", "--batch", "4", "--max-wait", "0.01",
-                                        "--init", "torch_worker:init"), count=1, stderr=err)
+        client.start_unsupervised_pool(python_worker("torch_worker:handle_batch", "--batch", "4", "--max-wait", "0.01",
+                                        "--init", "torch_worker:init"), count=1, env=worker_env(), stderr=err)
         s = client.open_stream(ordered=True)
         submit_rgb(client, s, random_rgb(np.random.default_rng(1), 8, 8))
         submit_rgb(client, s, np.zeros((8, 8), np.float32))

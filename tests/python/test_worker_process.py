@@ -13,7 +13,7 @@ import numpy as np
 
 from tessera.client import WorkerStartError
 from tessera_test_support import (collect, python_worker, random_rgb, reap, small_client, spawn_script, stderr_file,
-                                  submit_rgb, wait_until)
+                                  submit_rgb, wait_until, worker_env)
 
 
 def read_protocol(proc, task, timeout=20.0):
@@ -50,7 +50,7 @@ class WorkerProcessTest(unittest.TestCase):
         self.rng = np.random.default_rng(7)
 
     def test_handler_exception_fails_only_that_tile_with_the_traceback(self):
-        self.client.start_pool(python_worker("numpy_worker:handler"), stderr=stderr_file(self))
+        self.client.start_unsupervised_pool(python_worker("numpy_worker:handler"), env=worker_env(), stderr=stderr_file(self))
         s = self.client.open_stream(ordered=True)
         ops = [0, 3, 0, 3, 1]
         for op in ops:
@@ -63,7 +63,7 @@ class WorkerProcessTest(unittest.TestCase):
             self.assertIn("numpy_worker.py", r.error)
 
     def test_handler_returning_none_without_answering_fails_the_tile(self):
-        self.client.start_pool(python_worker("probe_handlers:forgets"), stderr=stderr_file(self))
+        self.client.start_unsupervised_pool(python_worker("probe_handlers:forgets"), env=worker_env(), stderr=stderr_file(self))
         s = self.client.open_stream()
         submit_rgb(self.client, s, random_rgb(self.rng, 4, 4))
         r = collect(self.client, 1)[0]
@@ -143,7 +143,7 @@ class WorkerProcessTest(unittest.TestCase):
         script.write("greeting = 42\nprint('init script ran')\n")
         script.close()
         self.addCleanup(lambda: os.path.exists(script.name) and os.unlink(script.name))
-        self.client.start_pool(python_worker("probe_handlers:report_init"), env={"APPOSE_INIT_SCRIPT": script.name},
+        self.client.start_unsupervised_pool(python_worker("probe_handlers:report_init"), env=worker_env(APPOSE_INIT_SCRIPT=script.name),
                                stderr=stderr_file(self))
         self.assertFalse(os.path.exists(script.name), "Appose convention: the init script is deleted after it ran")
         s = self.client.open_stream()
@@ -155,17 +155,18 @@ class WorkerProcessTest(unittest.TestCase):
     def test_failing_init_is_reported_and_the_process_exits_non_zero(self):
         err = stderr_file(self)
         with self.assertRaises(WorkerStartError) as ctx:
-            self.client.start_pool(python_worker("probe_handlers:report_init", "--init", "probe_handlers:init_fails"),
-                                   stderr=err, ready_timeout=30)
+            self.client.start_unsupervised_pool(python_worker("probe_handlers:report_init", "--init", "probe_handlers:init_fails"),
+                                   env=worker_env(), stderr=err, ready_timeout=30)
         self.assertIn("exit code 2", str(ctx.exception))
         with open(err.name, "rb") as f:
             self.assertIn(b"model weights are missing (probe)", f.read())
         with self.assertRaises(WorkerStartError):
-            self.client.start_pool(python_worker("no_such_module_here:handler"), stderr=err, ready_timeout=30)
+            self.client.start_unsupervised_pool(python_worker("no_such_module_here:handler"), env=worker_env(), stderr=err,
+                                                ready_timeout=30)
 
     def test_kill_9_mid_tile_loses_nothing_and_returns_the_blocks(self):
-        idx = self.client.start_pool(python_worker("probe_handlers:sleepy", "--max-batch", "4"), count=2,
-                                     stderr=stderr_file(self))
+        idx = self.client.start_unsupervised_pool(python_worker("probe_handlers:sleepy", "--max-batch", "4"), count=2,
+                                     env=worker_env(), stderr=stderr_file(self))
         victim = self.client.worker_process(idx[0])
         victim_slot = [w["slot"] for w in self.client.workers() if w["index"] == idx[0]][0]
         s = self.client.open_stream(ordered=True, max_in_flight=128)

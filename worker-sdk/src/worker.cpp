@@ -151,7 +151,7 @@ WorkerStats Worker::stats() const noexcept {
 }
 
 void Worker::heartbeat() noexcept {
-  // relaxed: a liveness hint read by the supervisor; nothing is published through it.
+  // relaxed: a liveness hint read by `tessera inspect`; nothing is published through it.
   arena_.participant(slot_).heartbeat_ns.store(now_ns(), std::memory_order_relaxed);
 }
 

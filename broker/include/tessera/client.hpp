@@ -31,6 +31,8 @@ namespace tessera {
 using TileStatus = fb::TileStatus;
 
 enum class Ordering : std::uint8_t { completion = 0, submission = 1 };
+// block: wait up to the call's timeout for room; fail_fast: never wait. `timeout` is
+// the same as `block` (both honour the timeout argument), kept for existing callers.
 enum class SubmitMode : std::uint8_t { block = 0, fail_fast = 1, timeout = 2 };
 enum class Outcome : std::uint8_t { completed = 0, failed = 1, canceled = 2 };
 const char* outcome_name(Outcome o) noexcept;

@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <string>
 
+#include "arena_pool.hpp"
 #include "client_impl.hpp"
 
 namespace tessera {
@@ -104,11 +106,6 @@ void Client::Impl::handle_events() {
 Result<std::int32_t> Client::Impl::new_worker_slot(const std::string& name, std::int32_t index) {
   auto s = arena.register_participant(Role::worker, 0, name);
   if (!s) return fail(std::move(s).error());
-  auto ch = arena.open_channel(slot, *s, slot, *s);
-  if (!ch) {
-    arena.release_participant(*s);
-    return fail(std::move(ch).error());
-  }
   if (index < 0) {
     index = static_cast<std::int32_t>(workers.size());
     workers.emplace_back();
@@ -116,14 +113,26 @@ Result<std::int32_t> Client::Impl::new_worker_slot(const std::string& name, std:
   WorkerState& w = workers[static_cast<std::size_t>(index)];
   w.index = index;
   w.slot = *s;
-  w.channel = *ch;
-  w.generation = arena.channel(*ch).generation.load(std::memory_order_relaxed);  // relaxed: we opened it
-  w.requests = RingProducer(arena, arena.channel(*ch).request_ring);
-  w.results = RingConsumer(arena, arena.channel(*ch).response_ring);
+  if (auto ch = open_worker_channel(w); !ch) {
+    arena.release_participant(*s);
+    w.slot = kNoSlot;
+    return fail(std::move(ch).error());
+  }
   w.alive = false;  // until its process reports ready
   w.in_flight = 0;
   w.pid = 0;
   return index;
+}
+
+// A fresh channel between this client and worker `w` (its slot stays the same).
+Result<void> Client::Impl::open_worker_channel(WorkerState& w) {
+  auto ch = arena.open_channel(slot, w.slot, slot, w.slot);
+  if (!ch) return fail(std::move(ch).error());
+  w.channel = *ch;
+  w.generation = arena.channel(*ch).generation.load(std::memory_order_relaxed);  // relaxed: we opened it
+  w.requests = RingProducer(arena, arena.channel(*ch).request_ring);
+  w.results = RingConsumer(arena, arena.channel(*ch).response_ring);
+  return {};
 }
 
 void Client::Impl::on_worker_ready(std::int32_t index, int pid) {
@@ -132,7 +141,7 @@ void Client::Impl::on_worker_ready(std::int32_t index, int pid) {
   w.pid = pid;
   w.alive = true;
   w.gave_up = false;
-  if (pid > 0 && !remote) arena.set_participant_pid(w.slot, pid);
+  if (pid > 0 && !control) arena.set_participant_pid(w.slot, pid);  // a pool sets its workers' pids
   rebuild_dispatch_order();
 }
 
@@ -163,22 +172,23 @@ void Client::Impl::on_worker_gave_up(std::int32_t index, const std::string& why)
     fail_all_pending("no live worker: " + why);
 }
 
-// Worker death: drain what it published, retry or fail what it held, reclaim its blocks.
+// Worker death, recovery steps 1-2 (pool/arena_pool.hpp): drain what it published,
+// retry or fail what it held; the worker's owner then does the rest.
 void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason) {
   if (index < 0 || static_cast<std::size_t>(index) >= workers.size()) return;
   WorkerState& w = workers[static_cast<std::size_t>(index)];
   if (w.slot == kNoSlot) return;
   w.alive = false;
-  // 1. Results it published before dying are complete (release/acquire): deliver them.
+  const std::string why = w.fault.empty() ? reason : w.fault + " (" + reason + ")";
+  // 1. Results it published before dying are complete (release/acquire): deliver them
+  //    (unless it corrupted shared memory: then nothing more of it is read).
   drain_worker(w);
   // 2. Every tile still dispatched to it gets exactly one outcome: retry or FAILED.
   for (auto& s : streams) {
     if (!s.open && s.records.empty()) continue;
     for (auto& r : s.records) {
       if (r.state == Record::State::abandoned && r.worker == index) {
-        release_input(r);  // already delivered (canceled/deadline); the worker will never answer
-        r = Record{};
-        --s.live;
+        settle_abandoned(s, r);  // its outcome is decided; the worker will never read the input again
         continue;
       }
       if (r.state != Record::State::dispatched || r.worker != index) continue;
@@ -189,46 +199,28 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
         r.worker = -1;
         s.pending.push_front(r.seq);
       } else {
-        finish(s, r, Outcome::failed, TileStatus::WorkerDied, "worker " + std::to_string(index) + " died: " + reason, {});
+        finish(s, r, Outcome::failed, TileStatus::WorkerDied, "worker " + std::to_string(index) + " died: " + why, {},
+               Holder::none);
       }
     }
   }
   w.in_flight = 0;
   mark_idle(w);
-  if (remote) {  // the broker process reclaims and respawns once every client acknowledged
-    w.requests = {};
-    w.results = {};
-    ++w.restarts;
-    rebuild_dispatch_order();
-    if (ack_hook) ack_hook(index);
-    return;
-  }
-  // 3. Blocks it allocated and never handed over go back to the arena.
-  arena.close_channel(w.channel);
-  arena.release_channel(w.channel);
-  reclaimed_blocks += Slab::reclaim(arena, w.slot);
   w.requests = {};
   w.results = {};
   ++w.restarts;
-  if (respawn_hook) {
-    // Keep the participant slot (the respawned process is told the same TESSERA_SLOT)
-    // and give it a fresh channel; it becomes usable when the new process is ready.
-    arena.set_participant_pid(w.slot, 0);
-    if (auto ch = arena.open_channel(slot, w.slot, slot, w.slot)) {
-      w.channel = *ch;
-      w.generation = arena.channel(*ch).generation.load(std::memory_order_relaxed);  // relaxed: we opened it
-      w.requests = RingProducer(arena, arena.channel(*ch).request_ring);
-      w.results = RingConsumer(arena, arena.channel(*ch).response_ring);
-    }
+  const bool comes_back = control && control->restarts(index);
+  // 3-6. The owner closes its channels, reclaims its blocks and respawns it.
+  if (control) {
+    control->recovered(w);
   } else {
-    arena.mark_dead(w.slot);
-    arena.release_participant(w.slot);
+    reclaimed_blocks += pool::reclaim_dead_worker(arena, w.slot, {&w.channel, 1}, false);
     w.slot = kNoSlot;
   }
+  w.fault.clear();
   rebuild_dispatch_order();
-  if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }) && !respawn_hook && !remote)
-    fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + reason);
-  if (respawn_hook) respawn_hook(index);
+  if (!comes_back && std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }))
+    fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + why);
 }
 
 void Client::Impl::fail_all_pending(const std::string& why) {
@@ -263,8 +255,9 @@ void Client::Impl::mark_idle(WorkerState& w) noexcept {
 }
 
 // Records the outcome of a tile and queues it for delivery (in order if the stream asks).
+// `input` says whether a worker may still read the input block (docs/design/client.md).
 void Client::Impl::finish(StreamState& s, Record& r, Outcome outcome, TileStatus status, std::string error,
-                          ResultBlock output) {
+                          ResultBlock output, Holder input) {
   TileResult res;
   res.stream = r.stream;
   res.seq = r.seq;
@@ -282,9 +275,7 @@ void Client::Impl::finish(StreamState& s, Record& r, Outcome outcome, TileStatus
     case Outcome::failed: ++s.stats.failed; break;
     case Outcome::canceled: ++s.stats.canceled; break;
   }
-  const bool still_at_worker = r.state == Record::State::dispatched && outcome != Outcome::completed &&
-                               status != TileStatus::WorkerDied && !r.answered;
-  if (still_at_worker) {
+  if (r.state == Record::State::dispatched && input == Holder::worker) {
     // The worker may still read the input: keep the block until it answers (and, past
     // cancel_grace, escalate: check_timers).
     r.state = Record::State::abandoned;
@@ -295,30 +286,40 @@ void Client::Impl::finish(StreamState& s, Record& r, Outcome outcome, TileStatus
   }
   if (s.opts.ordering == Ordering::completion) {
     ready.push_back(std::move(res));
-    if (r.state == Record::State::finished) {
-      r = Record{};
-      --s.live;
-    } else {
-      r.delivered = true;
-    }
+    delivered(s, r);
   } else {
     r.parked = std::move(res);
-    r.has_parked = true;
+    r.delivery = Record::Delivery::parked;
     flush_ordered(s);
+  }
+}
+
+// The outcome went to the ready queue: a finished record is free again.
+void Client::Impl::delivered(StreamState& s, Record& r) noexcept {
+  if (r.state == Record::State::finished) {
+    r = Record{};
+    --s.live;
+  } else {
+    r.delivery = Record::Delivery::delivered;
+  }
+}
+
+// An abandoned tile's worker let go of the input (it answered, or it died).
+void Client::Impl::settle_abandoned(StreamState& s, Record& r) noexcept {
+  release_input(r);
+  r.state = Record::State::finished;
+  if (r.delivery == Record::Delivery::delivered) {
+    r = Record{};
+    --s.live;
   }
 }
 
 void Client::Impl::flush_ordered(StreamState& s) {
   while (s.next_deliver < s.next_seq) {
     Record& r = s.records[s.next_deliver % s.records.size()];
-    if (!r.has_parked || r.seq != s.next_deliver) break;
+    if (r.delivery != Record::Delivery::parked || r.seq != s.next_deliver) break;
     ready.push_back(std::move(r.parked));
-    r.has_parked = false;
-    r.delivered = true;
-    if (r.state == Record::State::finished) {
-      r = Record{};
-      --s.live;
-    }
+    delivered(s, r);
     ++s.next_deliver;
   }
 }
@@ -374,16 +375,39 @@ done:
 
 // Takes every answer a worker published.
 std::size_t Client::Impl::drain_worker(WorkerState& w) {
-  if (!w.results.valid()) return 0;
+  if (!w.results.valid() || !w.fault.empty()) return 0;
   std::size_t total = 0;
   for (;;) {
-    const std::size_t n = w.results.try_pop_batch({scratch.data(), scratch.size()});
-    if (n == 0) break;
+    RingStatus st = RingStatus::ok;
+    const std::size_t n = w.results.try_pop_batch({scratch.data(), scratch.size()}, &st);
+    if (n == 0) {
+      if (st == RingStatus::corrupt) {
+        const RingHeader& h = arena.ring(arena.channel(w.channel).response_ring);
+        // relaxed: diagnostics of a ring already known to be corrupt.
+        peer_fault(w, "corrupted its result ring (head " + std::to_string(h.head.load(std::memory_order_relaxed)) +
+                          ", tail " + std::to_string(h.tail.load(std::memory_order_relaxed)) + ", capacity " +
+                          std::to_string(arena.header().ring_capacity) + ")");
+      }
+      break;
+    }
     total += n;
-    for (std::size_t i = 0; i < n; ++i) on_answer(w, scratch[i]);
+    for (std::size_t i = 0; i < n && w.fault.empty() && w.results.valid(); ++i) on_answer(w, scratch[i]);
+    if (!w.fault.empty() || !w.results.valid()) break;
   }
-  if (total != 0) w.results.notify();
+  if (total != 0 && w.results.valid()) w.results.notify();
   return total;
+}
+
+// A worker that wrote something impossible into shared memory is treated as dead,
+// never trusted further: no more dispatch, its process is killed, and its death runs
+// the usual recovery with what was seen as the reason for every tile it held.
+void Client::Impl::peer_fault(WorkerState& w, const std::string& seen) {
+  if (!w.fault.empty()) return;
+  w.fault = "worker " + std::to_string(w.index) + " " + seen;
+  std::fprintf(stderr, "tessera client: %s; treating it as dead\n", w.fault.c_str());
+  w.alive = false;
+  if (control && w.pid > 0 && control->kill(w.index)) return;  // its death event runs the recovery
+  on_worker_died(w.index, "killed");
 }
 
 void Client::Impl::drop_answer_block(WorkerState& w, const TileDesc& d) noexcept {
@@ -395,9 +419,8 @@ void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
   if (w.in_flight > 0) --w.in_flight;
   mark_idle(w);
   ++w.completed;
-  if (d.stream() >= streams.size()) {
-    ++stray_answers;
-    drop_answer_block(w, d);
+  if (d.stream() >= streams.size()) {  // no stream of that id was ever opened
+    peer_fault(w, "answered stream " + std::to_string(d.stream()) + ", which this client never opened");
     return;
   }
   StreamState& s = streams[d.stream()];
@@ -413,21 +436,16 @@ void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
     drop_answer_block(w, d);
     return;
   }
-  r.answered = true;
-  if (r.state == Record::State::abandoned) {  // already delivered as canceled/deadline
+  if (r.state == Record::State::abandoned) {  // its outcome (canceled/deadline) is already decided
     drop_answer_block(w, d);
-    release_input(r);
-    r.state = Record::State::finished;
-    if (r.delivered) {
-      r = Record{};
-      --s.live;
-    }
+    settle_abandoned(s, r);
     return;
   }
   // A late result of a superseded epoch is never delivered as current.
   if (d.epoch() < s.epoch) {
     drop_answer_block(w, d);
-    finish(s, r, Outcome::canceled, TileStatus::Canceled, "superseded by epoch " + std::to_string(s.epoch), {});
+    finish(s, r, Outcome::canceled, TileStatus::Canceled, "superseded by epoch " + std::to_string(s.epoch), {},
+           Holder::none);
     return;
   }
   switch (d.kind()) {
@@ -435,17 +453,18 @@ void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
       ResultBlock out;
       BlockView b;
       if (slab.adopt(BlockHandle{d.block()}, w.slot) != Errc::ok || slab.resolve(BlockHandle{d.block()}, b) != Errc::ok) {
-        finish(s, r, Outcome::failed, TileStatus::StaleBlock, "worker published an invalid output block", {});
+        peer_fault(w, "published output block " + std::to_string(d.block()) + ", which it does not own");
         return;
       }
       out.slab_ = &slab;
       out.handle_ = b.handle;
       out.view_ = TensorView(b.data, b.capacity, d.dtype(), desc_shape(d));
       if (!out.view_.valid()) {
-        finish(s, r, Outcome::failed, TileStatus::BadInput, "worker published an output whose shape exceeds its block", {});
+        finish(s, r, Outcome::failed, TileStatus::BadInput, "worker published an output whose shape exceeds its block", {},
+               Holder::none);
         return;
       }
-      finish(s, r, Outcome::completed, TileStatus::Ok, {}, std::move(out));
+      finish(s, r, Outcome::completed, TileStatus::Ok, {}, std::move(out), Holder::none);
       return;
     }
     case fb::Kind::Error: {
@@ -456,15 +475,14 @@ void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
         text.assign(reinterpret_cast<const char*>(b.data), std::min<std::uint64_t>(d.nbytes(), b.capacity));
         (void)slab.free(b.handle);
       }
-      finish(s, r, Outcome::failed, static_cast<TileStatus>(d.status()), std::move(text), {});
+      finish(s, r, Outcome::failed, static_cast<TileStatus>(d.status()), std::move(text), {}, Holder::none);
       return;
     }
     case fb::Kind::Canceled:
-      finish(s, r, Outcome::canceled, TileStatus::Canceled, "canceled by the worker (epoch superseded)", {});
+      finish(s, r, Outcome::canceled, TileStatus::Canceled, "canceled by the worker (epoch superseded)", {}, Holder::none);
       return;
     default:
-      drop_answer_block(w, d);
-      finish(s, r, Outcome::failed, TileStatus::BadInput, "worker sent a descriptor of unknown kind", {});
+      peer_fault(w, "sent a descriptor of unknown kind " + std::to_string(static_cast<int>(d.kind())));
       return;
   }
 }
@@ -491,7 +509,7 @@ void Client::Impl::check_timers() {
         // Cooperative cancel did not stop it in time: kill and respawn the worker.
         WorkerState& w = workers[static_cast<std::size_t>(r.worker)];
         r.abandoned_at = {};
-        if (w.alive && w.pid > 0 && kill_hook) kill_hook(r.worker);
+        if (w.alive && w.pid > 0 && control) (void)control->kill(r.worker);
       }
     }
   }
@@ -535,7 +553,11 @@ void Client::Impl::step() {
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Client::~Client() {
-  if (impl_ && impl_->shutdown_hook) impl_->shutdown_hook();
+  if (!impl_) return;
+  // The arena's creator (an embedded client) says so to anyone inspecting it.
+  if (impl_->arena.header().creator_pid == static_cast<std::uint32_t>(::getpid()))
+    impl_->arena.header().shutting_down.store(1, std::memory_order_relaxed);  // relaxed: a hint for `tessera inspect`
+  if (impl_->control) impl_->control->shutdown();
 }
 
 const Arena& Client::arena() const noexcept { return impl_->arena; }
@@ -589,10 +611,7 @@ Result<void> Client::kill_worker(std::int32_t index) {
     return fail(Errc::invalid_argument, "kill_worker: no worker " + std::to_string(index));
   const auto& w = impl_->workers[static_cast<std::size_t>(index)];
   if (!w.alive || w.pid <= 0) return fail(Errc::unavailable, "kill_worker: worker " + std::to_string(index) + " is not running");
-  if (impl_->kill_hook) {
-    impl_->kill_hook(index);
-    return {};
-  }
+  if (impl_->control) return impl_->control->kill(index);
   if (::kill(w.pid, SIGKILL) != 0) return fail(Error::sys("kill"));
   return {};
 }
@@ -693,7 +712,7 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
     return fail(Errc::invalid_argument, "submit: shape " + meta.shape.str() + " of " + std::string(dtype_name(meta.dtype)) +
                                             " needs " + std::to_string(nbytes) + " bytes; the block holds " +
                                             std::to_string(block.block_.capacity));
-  if (I.workers.empty() && !I.respawn_hook)
+  if (I.workers.empty())
     return fail(Errc::unavailable, "submit: no worker pool (call start_pool first)");
   StreamState& s = I.streams[stream];
   const auto deadline = Clock::now() + timeout;

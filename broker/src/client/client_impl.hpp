@@ -7,14 +7,11 @@
 #include <atomic>
 #include <deque>
 #include <memory>
-#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
 
 namespace tessera {
-class PoolRuntime;  // pool.cpp: supervisor + respawner thread
-
 namespace detail {
 
 // Fixed-capacity FIFO of sequence numbers with push_front (for retries). No allocation
@@ -35,19 +32,25 @@ class SeqQueue {
   std::size_t head_ = 0, tail_ = 0;
 };
 
-// One submitted tile, from submit until the worker no longer holds its input.
+// One submitted tile, from submit until its outcome is delivered and no worker holds
+// its input. The transitions are tabled in docs/design/client.md.
 struct Record {
+  // Where the tile is.
   enum class State : std::uint8_t {
     free = 0,
     pending,     // queued client-side (priorities and epochs apply here)
-    dispatched,  // in a worker's ring or being processed
-    abandoned,   // outcome delivered (canceled/deadline) but the worker may still read the input
-    finished,    // outcome decided, waiting for in-order delivery
+    dispatched,  // in a worker's ring or being processed; no outcome yet
+    abandoned,   // outcome decided (canceled/deadline) but the worker may still read the input
+    finished,    // outcome decided and the input released; the outcome waits for its turn
+  };
+  // Where its outcome is, once decided.
+  enum class Delivery : std::uint8_t {
+    none = 0,
+    parked,      // ordered streams: in `parked`, waiting for every earlier sequence number
+    delivered,   // in the client's ready queue
   };
   State state = State::free;
-  bool answered = false;   // the worker answered this dispatch
-  bool delivered = false;  // the outcome went to the ready queue
-  bool has_parked = false;
+  Delivery delivery = Delivery::none;
   std::uint8_t retries = 0;
   std::int32_t worker = -1;
   std::uint32_t stream = 0;
@@ -85,8 +88,25 @@ struct WorkerState {
   std::uint64_t in_flight = 0, completed = 0, busy_ns = 0;
   Clock::time_point busy_since{};
   std::uint32_t restarts = 0;
+  std::string fault;  // set when it wrote something impossible; cleared by its recovery
   RingProducer requests;
   RingConsumer results;
+};
+
+// Who owns the client's workers: the embedded pool (pool.cpp) or a standalone broker
+// (connect.cpp). Called on the client's thread only.
+class WorkerControl {
+ public:
+  virtual ~WorkerControl() = default;
+  // Worker `w` died and this client finished recovery steps 1-2 (drained what it
+  // published, retried or failed what it held); the owner does the rest
+  // (pool/arena_pool.hpp). `w.slot` becomes kNoSlot when the worker is gone for good.
+  virtual void recovered(WorkerState& w) = 0;
+  // Kills a worker (cancel escalation, Client::kill_worker); its death is then reported.
+  virtual Result<void> kill(std::int32_t index) = 0;
+  // Whether a dead worker may come back (then its pending tiles wait for it).
+  virtual bool restarts(std::int32_t index) const = 0;
+  virtual void shutdown() noexcept = 0;
 };
 
 }  // namespace detail
@@ -110,6 +130,7 @@ struct Client::Impl {
 
   void handle_events();
   Result<std::int32_t> new_worker_slot(const std::string& name, std::int32_t index);
+  Result<void> open_worker_channel(detail::WorkerState& w);
   void on_worker_ready(std::int32_t index, int pid);
   void on_worker_died(std::int32_t index, const std::string& reason);
   void on_worker_gave_up(std::int32_t index, const std::string& why);
@@ -118,13 +139,19 @@ struct Client::Impl {
   void release_input(detail::Record& r) noexcept;
   void mark_busy(detail::WorkerState& w) noexcept;
   void mark_idle(detail::WorkerState& w) noexcept;
+  // Who may still read a finished tile's input: a worker (cancel, deadline: keep the
+  // block until it answers or dies) or nobody (it answered or died; not dispatched).
+  enum class Holder : std::uint8_t { none, worker };
   void finish(detail::StreamState& s, detail::Record& r, Outcome outcome, TileStatus status, std::string error,
-              ResultBlock output);
+              ResultBlock output, Holder input = Holder::worker);
+  void delivered(detail::StreamState& s, detail::Record& r) noexcept;
+  void settle_abandoned(detail::StreamState& s, detail::Record& r) noexcept;
   void flush_ordered(detail::StreamState& s);
   void pump();
   std::size_t drain_worker(detail::WorkerState& w);
   std::size_t drain_all();
   void on_answer(detail::WorkerState& w, const TileDesc& d);
+  void peer_fault(detail::WorkerState& w, const std::string& seen);
   void drop_answer_block(detail::WorkerState& w, const TileDesc& d) noexcept;
   void check_timers();
   bool results_ready() noexcept;
@@ -150,16 +177,9 @@ struct Client::Impl {
   std::uint64_t reclaimed_blocks = 0;
   std::string last_pool_error;
 
-  // Supervisor coupling (set by start_pool).
-  struct PoolDeleter { void operator()(PoolRuntime* p) const noexcept; };
-  std::unique_ptr<PoolRuntime, PoolDeleter> pool;
-  std::function<void(std::int32_t)> respawn_hook;   // after a death was recovered
-  std::function<void(std::int32_t)> kill_hook;      // escalate a cancel / chaos
-  std::function<void()> shutdown_hook;
-  // Remote mode (Client::connect): the broker process owns workers and reclaims.
-  bool remote = false;
-  std::function<void(std::int32_t)> ack_hook;       // "recovered worker N" to the broker
-  std::shared_ptr<void> remote_state;               // connection (connect.cpp)
+  // The workers' owner: set by start_pool (embedded) or connect (remote); none for
+  // workers added with add_external_worker.
+  std::unique_ptr<detail::WorkerControl> control;
   void bind_worker_channel(std::int32_t index, std::uint32_t channel, std::uint32_t worker_slot);
 
   // Client::wake (any thread) -> the client thread's waits. SYNC[client.wake]

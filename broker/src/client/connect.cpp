@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "client_impl.hpp"
 #include "wire.hpp"
@@ -22,6 +23,33 @@ struct Connection {
   ~Connection() {
     if (sock >= 0) ::close(sock);
   }
+};
+
+// The broker owns the workers: it finishes a dead worker's recovery once every
+// client acknowledged steps 1-2, and decides when one is given up.
+class RemoteBroker final : public detail::WorkerControl {
+ public:
+  explicit RemoteBroker(std::shared_ptr<Connection> conn) : conn_(std::move(conn)) {}
+  ~RemoteBroker() override { shutdown(); }
+
+  void recovered(detail::WorkerState& w) override {
+    (void)wire::send_line(conn_->sock, {{"type", "recovered"}, {"index", w.index}});
+  }
+  Result<void> kill(std::int32_t index) override {
+    if (!wire::send_line(conn_->sock, {{"type", "kill_worker"}, {"index", index}}))
+      return fail(Errc::unavailable, "kill_worker: the broker connection is closed");
+    return {};
+  }
+  bool restarts(std::int32_t) const override { return true; }  // until the broker says it gave up
+  void shutdown() noexcept override {
+    if (conn_->stop.exchange(true, std::memory_order_relaxed)) return;  // relaxed: a flag; the reader polls it
+    (void)wire::send_line(conn_->sock, {{"type", "bye"}});
+    ::shutdown(conn_->sock, SHUT_RDWR);
+    if (conn_->reader.joinable()) conn_->reader.join();
+  }
+
+ private:
+  std::shared_ptr<Connection> conn_;
 };
 
 }  // namespace
@@ -40,6 +68,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
 
   // Hello: our participant slot, the workers and their channels, and the arena memfd.
   std::string buf;
+  wire::LineReader lines;
+  std::vector<boost::json::object> after_hello;  // lines that came in the same read as the hello
   int arena_fd = -1;
   boost::json::object hello;
   const auto deadline = Clock::now() + timeout;
@@ -49,8 +79,12 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
     pollfd p{conn->sock, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
     if (wire::recv_some(conn->sock, buf, &arena_fd) <= 0) return fail(Errc::unavailable, "connect: the broker closed the connection");
-    wire::for_each_line(buf, [&](const boost::json::object& m) {
-      if (hello.empty()) hello = m;
+    lines.feed(buf, [&](const boost::json::object& m) {
+      if (hello.empty()) {
+        hello = m;
+      } else {
+        after_hello.push_back(m);
+      }
     });
   }
   if (wire::get_str(hello, "type") != "hello") {
@@ -64,9 +98,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
   if (slot < 0 || slot >= static_cast<std::int64_t>(kMaxParticipants)) return fail(Errc::protocol, "connect: bad client slot");
 
   auto impl = std::make_unique<Impl>(std::move(*arena), static_cast<std::uint32_t>(slot), std::move(opts));
-  impl->remote = true;
   impl->max_retries = static_cast<int>(wire::get_int(hello, "max_retries", 1));
   impl->cancel_grace = std::chrono::milliseconds(wire::get_int(hello, "cancel_grace_ms", 2000));
+  impl->control = std::make_unique<RemoteBroker>(conn);  // before any worker: the broker owns their slots
   if (auto it = hello.find("workers"); it != hello.end() && it->value().is_array()) {
     for (const auto& v : it->value().as_array()) {
       if (!v.is_object()) continue;
@@ -80,17 +114,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
     }
   }
   Impl* ip = impl.get();
-  const int sock = conn->sock;
-  impl->ack_hook = [sock](std::int32_t idx) { (void)wire::send_line(sock, {{"type", "recovered"}, {"index", idx}}); };
-  impl->kill_hook = [sock](std::int32_t idx) { (void)wire::send_line(sock, {{"type", "kill_worker"}, {"index", idx}}); };
-  impl->shutdown_hook = [conn, sock] {
-    (void)wire::send_line(sock, {{"type", "bye"}});
-    conn->stop.store(true, std::memory_order_relaxed);  // relaxed: a flag; the reader polls it
-    ::shutdown(sock, SHUT_RDWR);
-    if (conn->reader.joinable()) conn->reader.join();
-  };
-  conn->reader = std::thread([conn, ip, rest = std::move(buf)]() mutable {
-    std::string in = std::move(rest);
+  conn->reader = std::thread([conn, ip, lines = std::move(lines), early = std::move(after_hello)]() mutable {
+    std::string in;
     auto dispatch = [&](const boost::json::object& m) {
       const std::string type = wire::get_str(m, "type");
       const auto idx = static_cast<std::int32_t>(wire::get_int(m, "index"));
@@ -105,7 +130,7 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
         ip->post_event({Impl::Event::Kind::gave_up, idx, 0, wire::get_str(m, "reason")});
       }
     };
-    wire::for_each_line(in, dispatch);
+    for (const auto& m : early) dispatch(m);
     while (!conn->stop.load(std::memory_order_relaxed)) {  // relaxed: a flag
       pollfd p{conn->sock, POLLIN, 0};
       if (::poll(&p, 1, 100) <= 0) continue;
@@ -118,10 +143,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
         }
         return;
       }
-      wire::for_each_line(in, dispatch);
+      lines.feed(in, dispatch);
     }
   });
-  impl->remote_state = conn;
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

@@ -1,174 +1,79 @@
-// Worker pool glue: the client's embedded broker starts workers through the
-// Supervisor (scrubbed env, pdeathsig, pidfd, Appose init + readiness) and hands
-// each one the arena memfd as fd 3. Deaths reach the client thread as events; the
-// client recovers the worker's tiles and blocks first, then asks for a respawn,
-// which runs on a separate thread so a slow init never stalls the data path.
-#include <tessera/supervisor.hpp>
-
-#include <csignal>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
-
+// Client::start_pool: the embedded broker's workers, spawned and recovered by the
+// arena pool (pool/arena_pool.hpp). Its events reach the client thread through
+// Impl::post_event; recovery steps 1-2 run there (Impl::on_worker_died), then
+// EmbeddedPool::recovered hands the rest to the pool and reopens this client's channel.
+#include "arena_pool.hpp"
 #include "client_impl.hpp"
 
 namespace tessera {
+namespace {
 
-// Owns the supervisor and the respawner thread for one client.
-class PoolRuntime {
+class EmbeddedPool final : public detail::WorkerControl {
  public:
-  PoolRuntime(Client::Impl& impl, std::unique_ptr<Supervisor> sup) : impl_(impl), sup_(std::move(sup)) {
-    sup_->set_event_handler([this](const WorkerEvent& e) { on_event(e); });
-    respawner_ = std::thread([this] { respawn_loop(); });
-  }
+  EmbeddedPool(Client::Impl& impl, std::unique_ptr<pool::ArenaPool> p) : impl_(impl), pool_(std::move(p)) {}
 
-  ~PoolRuntime() { shutdown(); }
-
-  void shutdown() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (stopping_) return;
-      stopping_ = true;
+  void recovered(detail::WorkerState& w) override {
+    impl_.reclaimed_blocks += pool_->recover(w.index, w.slot, {&w.channel, 1});
+    if (!pool_->restarts(w.index)) {
+      w.slot = kNoSlot;
+      return;
     }
-    cv_.notify_all();
-    if (respawner_.joinable()) respawner_.join();
-    sup_->shutdown();
+    // Same slot, fresh channel: the respawned process finds it when it attaches, and
+    // the worker is dispatched to once its ready event arrives.
+    if (!impl_.open_worker_channel(w)) w.slot = kNoSlot;
   }
+  Result<void> kill(std::int32_t index) override { return pool_->kill(index); }
+  bool restarts(std::int32_t index) const override { return pool_->restarts(index); }
+  void shutdown() noexcept override { pool_->shutdown(); }
 
-  Supervisor& supervisor() { return *sup_; }
-
-  // Client index <-> supervisor id (equal when workers are added in order, kept explicit).
-  void map(std::int32_t client_index, int sup_id) {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (to_client_.size() <= static_cast<std::size_t>(sup_id)) to_client_.resize(static_cast<std::size_t>(sup_id) + 1, -1);
-    to_client_[static_cast<std::size_t>(sup_id)] = client_index;
-    if (to_sup_.size() <= static_cast<std::size_t>(client_index)) to_sup_.resize(static_cast<std::size_t>(client_index) + 1, -1);
-    to_sup_[static_cast<std::size_t>(client_index)] = sup_id;
-  }
-  int sup_id(std::int32_t client_index) {
-    std::lock_guard<std::mutex> lk(mu_);
-    return static_cast<std::size_t>(client_index) < to_sup_.size() ? to_sup_[static_cast<std::size_t>(client_index)] : -1;
-  }
-
-  void request_respawn(std::int32_t client_index) {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      queue_.push_back(client_index);
-    }
-    cv_.notify_all();
-  }
+  pool::ArenaPool& arena_pool() { return *pool_; }
 
  private:
-  void on_event(const WorkerEvent& e) {  // supervisor thread: must not block
-    std::int32_t idx = -1;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (e.worker >= 0 && static_cast<std::size_t>(e.worker) < to_client_.size()) idx = to_client_[static_cast<std::size_t>(e.worker)];
-    }
-    if (idx < 0) return;  // still inside add_worker: start_pool reports it
-    switch (e.kind) {
-      case WorkerEventKind::died:
-        impl_.post_event({Client::Impl::Event::Kind::died, idx, 0, describe_exit(e)});
-        break;
-      case WorkerEventKind::gave_up:
-        impl_.post_event({Client::Impl::Event::Kind::gave_up, idx, 0, e.message});
-        break;
-      case WorkerEventKind::ready:
-      case WorkerEventKind::respawned:
-        impl_.post_event({Client::Impl::Event::Kind::ready, idx, e.pid, {}});
-        break;
-    }
-  }
-
-  void respawn_loop() {
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      const std::int32_t idx = queue_.front();
-      queue_.pop_front();
-      const int sid = static_cast<std::size_t>(idx) < to_sup_.size() ? to_sup_[static_cast<std::size_t>(idx)] : -1;
-      lk.unlock();
-      if (sid >= 0) {
-        auto r = sup_->respawn(sid);
-        if (r) {
-          impl_.post_event({Client::Impl::Event::Kind::ready, idx, sup_->worker_pid(sid), {}});
-        } else {
-          impl_.post_event({Client::Impl::Event::Kind::gave_up, idx, 0, r.error().message});
-        }
-      }
-      lk.lock();
-    }
-  }
-
   Client::Impl& impl_;
-  std::unique_ptr<Supervisor> sup_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::int32_t> queue_;
-  std::vector<std::int32_t> to_client_;
-  std::vector<int> to_sup_;
-  bool stopping_ = false;
-  std::thread respawner_;
+  std::unique_ptr<pool::ArenaPool> pool_;
 };
 
-void Client::Impl::PoolDeleter::operator()(PoolRuntime* p) const noexcept { delete p; }
+Client::Impl::Event to_client_event(pool::Event e) {
+  using K = Client::Impl::Event::Kind;
+  const K k = e.kind == pool::Event::Kind::ready ? K::ready : e.kind == pool::Event::Kind::died ? K::died : K::gave_up;
+  return {k, e.index, e.pid, std::move(e.text)};
+}
+
+}  // namespace
 
 Result<void> Client::start_pool(const PoolSpec& spec) {
   auto& I = *impl_;
   if (spec.argv.empty()) return fail(Errc::invalid_argument, "start_pool: empty worker command");
   if (spec.devices.empty() && spec.count <= 0) return fail(Errc::invalid_argument, "start_pool: count must be > 0");
   for (const auto& d : spec.devices)
-    if (d.empty() || d.find_first_of(" =\n") != std::string::npos) return fail(Errc::invalid_argument, "start_pool: bad device name '" + d + "'");
-  if (!I.pool) {
-    SupervisorOptions so;
-    so.auto_respawn = false;  // the client recovers rings and blocks first, then respawns
-    auto sup = Supervisor::create(so);
-    if (!sup) return fail(std::move(sup).error());
-    I.pool.reset(new PoolRuntime(I, std::move(*sup)));
-    PoolRuntime* pool = I.pool.get();
-    I.kill_hook = [pool](std::int32_t idx) {
-      const int sid = pool->sup_id(idx);
-      if (sid >= 0) (void)pool->supervisor().kill_worker(sid, SIGKILL);
-    };
-    I.shutdown_hook = [pool] { pool->shutdown(); };
+    if (d.empty() || d.find_first_of(" =\n") != std::string::npos)
+      return fail(Errc::invalid_argument, "start_pool: bad device name '" + d + "'");
+  if (!I.control) {
+    Impl* ip = &I;
+    auto p = pool::ArenaPool::create(I.arena, [ip](pool::Event e) { ip->post_event(to_client_event(std::move(e))); });
+    if (!p) return fail(std::move(p).error());
+    I.control = std::make_unique<EmbeddedPool>(I, std::move(*p));
   }
-  PoolRuntime* pool = I.pool.get();
+  auto* embedded = dynamic_cast<EmbeddedPool*>(I.control.get());
+  if (embedded == nullptr) return fail(Errc::invalid_argument, "start_pool: this client's workers belong to a broker");
   I.max_retries = spec.max_retries;
   I.cancel_grace = spec.cancel_grace;
-  if (spec.restart) I.respawn_hook = [pool](std::int32_t idx) { pool->request_respawn(idx); };
+  // With a device list: one worker per device, each seeing only its own GPU.
   const int count = spec.devices.empty() ? spec.count : static_cast<int>(spec.devices.size());
   for (int i = 0; i < count; ++i) {
     auto idx = I.new_worker_slot(spec.argv[0], -1);
     if (!idx) return fail(std::move(idx).error());
-    const std::uint32_t wslot = I.workers[static_cast<std::size_t>(*idx)].slot;
-    const std::uint32_t wchannel = I.workers[static_cast<std::size_t>(*idx)].channel;
-    WorkerSpec ws;
-    ws.argv = spec.argv;
-    ws.env = spec.env;
-    ws.env["TESSERA_ARENA_FD"] = "3";
-    ws.env["TESSERA_SLOT"] = std::to_string(wslot);
-    if (!spec.devices.empty()) ws.env["CUDA_VISIBLE_DEVICES"] = spec.devices[static_cast<std::size_t>(i)];
-    ws.pass_fds = {I.arena.fd()};
-    ws.init_scripts = spec.init_scripts;
-    ws.init_scripts.push_back("tessera.ready");  // readiness: the arena is attached and the tile loop runs
-    ws.ready_timeout = spec.ready_timeout;
-    ws.max_task_retries = 0;
-    ws.cancel_grace = spec.cancel_grace;
-    ws.name = "worker-" + std::to_string(*idx);
-    auto sid = pool->supervisor().add_worker(std::move(ws));
-    if (!sid) {
+    detail::WorkerState& w = I.workers[static_cast<std::size_t>(*idx)];
+    PoolSpec one = spec;
+    if (!spec.devices.empty()) one.env["CUDA_VISIBLE_DEVICES"] = spec.devices[static_cast<std::size_t>(i)];
+    auto pid = embedded->arena_pool().start(*idx, w.slot, one);
+    if (!pid) {
       // The slot stays registered but unused; release it so nothing leaks.
-      I.arena.close_channel(wchannel);
-      I.arena.release_channel(wchannel);
-      (void)Slab::reclaim(I.arena, wslot);
-      I.arena.release_participant(wslot);
-      I.workers[static_cast<std::size_t>(*idx)].slot = kNoSlot;
-      return fail(sid.error().code, "start_pool: worker " + std::to_string(*idx) + " failed to start: " + sid.error().message);
+      I.reclaimed_blocks += pool::reclaim_dead_worker(I.arena, w.slot, {&w.channel, 1}, false);
+      w.slot = kNoSlot;
+      return fail(pid.error().code, "start_pool: " + pid.error().message);
     }
-    pool->map(*idx, *sid);
-    I.on_worker_ready(*idx, pool->supervisor().worker_pid(*sid));
+    I.on_worker_ready(*idx, *pid);
   }
   return {};
 }

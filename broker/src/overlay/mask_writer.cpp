@@ -2,7 +2,7 @@
 // each written to a temp file next to its final name and renamed into place only
 // when all of them are complete. The pyramid is the single source: the GeoJSON is
 // traced from one of its small levels and the preview is made from another.
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 
 #include <cmath>
 #include <cstdio>

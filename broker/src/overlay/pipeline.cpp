@@ -18,7 +18,7 @@
 #include <memory>
 #include <thread>
 
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 #include "tissue_mask.hpp"
 
 namespace tessera::overlay {

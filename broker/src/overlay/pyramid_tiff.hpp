@@ -11,7 +11,7 @@
 
 #include <tessera/result.hpp>
 
-#include "mask_writer.hpp"
+#include <tessera/mask_writer.hpp>
 
 namespace tessera::overlay::detail {
 

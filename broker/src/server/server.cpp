@@ -1,6 +1,6 @@
-// The standalone broker: arena + supervised pool + Unix-socket sessions.
-// Everything runs on one event-loop thread; the supervisor's events and the
-// respawner's results are posted to it, so no state here needs a lock.
+// The standalone broker: arena + worker pool (pool/arena_pool.hpp) + Unix-socket
+// sessions. Everything runs on one event-loop thread; the pool's events are posted
+// to it, so no state here needs a lock.
 #include <tessera/broker_server.hpp>
 
 #include <fcntl.h>
@@ -14,15 +14,16 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include <tessera/event_loop.hpp>
 #include <tessera/ring.hpp>
 #include <tessera/slab.hpp>
-#include <tessera/supervisor.hpp>
 
-#include "../client/wire.hpp"
+#include "arena_pool.hpp"
+#include "wire.hpp"
 
 namespace tessera {
 
@@ -30,7 +31,6 @@ namespace tessera {
 class BrokerServer::Impl {
  public:
   struct WorkerRec {
-    int sup_id = -1;
     std::uint32_t slot = kNoSlot;
     int pid = 0;
     bool alive = false;
@@ -43,7 +43,8 @@ class BrokerServer::Impl {
     int pid = 0;
     std::uint32_t slot = kNoSlot;
     std::map<int, std::uint32_t> channels;   // worker index -> channel
-    std::string inbuf;
+    std::string inbuf;                       // bytes of the last read
+    wire::LineReader lines;
     EventLoop::Id watch = 0;
   };
   // A dead client's channel whose worker has not let go of it yet.
@@ -57,7 +58,7 @@ class BrokerServer::Impl {
   Arena arena;
   std::uint32_t my_slot = kNoSlot;
   std::unique_ptr<EventLoop> loop;
-  std::unique_ptr<Supervisor> sup;
+  std::unique_ptr<pool::ArenaPool> pool;
   std::vector<WorkerRec> workers;
   std::map<int, ClientRec> clients;
   std::vector<Leftover> leftovers;
@@ -65,7 +66,6 @@ class BrokerServer::Impl {
   int next_client = 1;
   BrokerServerStats st{};
   std::thread thread;
-  std::thread respawner;
   bool stopped = false;
 
   ~Impl() { stop(); }
@@ -81,12 +81,9 @@ class BrokerServer::Impl {
     auto l = EventLoop::create();
     if (!l) return fail(std::move(l).error());
     loop = std::move(*l);
-    SupervisorOptions so;
-    so.auto_respawn = false;
-    auto s = Supervisor::create(so);
-    if (!s) return fail(std::move(s).error());
-    sup = std::move(*s);
-    sup->set_event_handler([this](const WorkerEvent& e) { loop->post([this, e] { on_worker_event(e); }); });
+    auto p = pool::ArenaPool::create(arena, [this](pool::Event e) { loop->post([this, e] { on_pool_event(e); }); });
+    if (!p) return fail(std::move(p).error());
+    pool = std::move(*p);
     for (int i = 0; i < opts.pool.count; ++i)
       if (auto r = add_worker(i); !r) return r;
     if (auto r = listen_socket(); !r) return r;
@@ -98,29 +95,15 @@ class BrokerServer::Impl {
   Result<void> add_worker(int index) {
     auto slot = arena.register_participant(Role::worker, 0, "worker-" + std::to_string(index));
     if (!slot) return fail(std::move(slot).error());
-    WorkerSpec ws;
-    ws.argv = opts.pool.argv;
-    ws.env = opts.pool.env;
-    ws.env["TESSERA_ARENA_FD"] = "3";
-    ws.env["TESSERA_SLOT"] = std::to_string(*slot);
-    ws.pass_fds = {arena.fd()};
-    ws.init_scripts = opts.pool.init_scripts;
-    ws.init_scripts.push_back("tessera.ready");
-    ws.ready_timeout = opts.pool.ready_timeout;
-    ws.max_task_retries = 0;
-    ws.cancel_grace = opts.pool.cancel_grace;
-    ws.name = "worker-" + std::to_string(index);
-    auto id = sup->add_worker(std::move(ws));
-    if (!id) {
+    auto pid = pool->start(index, *slot, opts.pool);
+    if (!pid) {
       arena.release_participant(*slot);
-      return fail(id.error().code, "broker: worker " + std::to_string(index) + " failed to start: " + id.error().message);
+      return fail(pid.error().code, "broker: " + pid.error().message);
     }
     WorkerRec w;
-    w.sup_id = *id;
     w.slot = *slot;
-    w.pid = sup->worker_pid(*id);
+    w.pid = *pid;
     w.alive = true;
-    arena.set_participant_pid(*slot, w.pid);
     workers.push_back(w);
     return {};
   }
@@ -209,14 +192,13 @@ class BrokerServer::Impl {
       return;
     }
     bool bye = false;
-    wire::for_each_line(c.inbuf, [&](const boost::json::object& m) {
+    c.lines.feed(c.inbuf, [&](const boost::json::object& m) {
       const std::string type = wire::get_str(m, "type");
       const std::int64_t index = wire::get_int(m, "index");
       if (type == "recovered") {
         on_recovered(id, static_cast<int>(index));
       } else if (type == "kill_worker") {
-        if (index >= 0 && static_cast<std::size_t>(index) < workers.size())
-          (void)sup->kill_worker(workers[static_cast<std::size_t>(index)].sup_id, SIGKILL);
+        if (index >= 0 && static_cast<std::size_t>(index) < workers.size()) (void)pool->kill(static_cast<int>(index));
       } else if (type == "bye") {
         bye = true;
       } else {
@@ -292,12 +274,6 @@ class BrokerServer::Impl {
   }
 
   // ---------------- workers ----------------
-  int index_of(int sup_id) const {
-    for (std::size_t i = 0; i < workers.size(); ++i)
-      if (workers[i].sup_id == sup_id) return static_cast<int>(i);
-    return -1;
-  }
-
   void broadcast(const boost::json::object& m) {
     std::vector<int> broken;
     for (auto& [id, c] : clients)
@@ -305,17 +281,24 @@ class BrokerServer::Impl {
     for (int id : broken) client_gone(id, "unreachable");
   }
 
-  void on_worker_event(const WorkerEvent& e) {
-    const int i = index_of(e.worker);
-    if (i < 0) return;
+  void on_pool_event(const pool::Event& e) {
+    if (e.index < 0 || static_cast<std::size_t>(e.index) >= workers.size()) return;
+    switch (e.kind) {
+      case pool::Event::Kind::died: on_worker_died(e.index, e.text); break;
+      case pool::Event::Kind::ready: on_respawned(e.index, e.pid, {}); break;
+      case pool::Event::Kind::gave_up: on_respawned(e.index, -1, e.text); break;
+    }
+  }
+
+  void on_worker_died(int i, const std::string& reason) {
     WorkerRec& w = workers[static_cast<std::size_t>(i)];
-    if (e.kind == WorkerEventKind::died && w.alive) {
+    if (w.alive) {
       w.alive = false;
       ++st.worker_deaths;
-      spdlog::warn("broker: worker {} died: {}", i, describe_exit(e));
-      // Every client first drains what the worker published and re-dispatches what it held.
+      spdlog::warn("broker: worker {} died: {}", i, reason);
+      // Recovery steps 1-2: every client drains what the worker published and re-dispatches what it held.
       for (auto& [id, c] : clients) w.waiting_acks.insert(id);
-      broadcast({{"type", "worker_died"}, {"index", i}, {"reason", describe_exit(e)}});
+      broadcast({{"type", "worker_died"}, {"index", i}, {"reason", reason}});
       auto timer = loop->add_timer(opts.recover_timeout, [this, i] {
         WorkerRec& ww = workers[static_cast<std::size_t>(i)];
         if (!ww.waiting_acks.empty()) spdlog::warn("broker: {} client(s) did not confirm recovery of worker {}", ww.waiting_acks.size(), i);
@@ -334,31 +317,22 @@ class BrokerServer::Impl {
     maybe_finish_recovery(index);
   }
 
-  // Once every client drained the dead worker: reclaim its blocks, give it fresh
-  // channels, and respawn it (off the loop thread: init can take seconds).
+  // Once every client drained the dead worker, recovery steps 3-5 (the pool closes
+  // the channels, reclaims its blocks and respawns it off the loop thread); step 6,
+  // one fresh channel per client, follows its ready event (on_respawned).
   void maybe_finish_recovery(int i) {
     WorkerRec& w = workers[static_cast<std::size_t>(i)];
     if (w.alive || !w.waiting_acks.empty() || w.ack_timer == ~0ULL) return;
     if (w.ack_timer != 0) loop->cancel(w.ack_timer);
     w.ack_timer = ~0ULL;  // recovery done; respawn pending
+    std::vector<std::uint32_t> channels;
     for (auto& [id, c] : clients) {
       auto ch = c.channels.find(i);
       if (ch == c.channels.end()) continue;
-      arena.close_channel(ch->second);
-      arena.release_channel(ch->second);
+      channels.push_back(ch->second);
       c.channels.erase(ch);
     }
-    st.reclaimed_blocks += Slab::reclaim(arena, w.slot);
-    arena.set_participant_pid(w.slot, 0);
-    if (!opts.pool.restart) return;
-    const int sid = w.sup_id;
-    if (respawner.joinable()) respawner.join();
-    respawner = std::thread([this, sid, i] {
-      auto r = sup->respawn(sid);
-      const int pid = r ? sup->worker_pid(sid) : -1;
-      std::string err = r ? std::string() : r.error().message;
-      loop->post([this, i, pid, err] { on_respawned(i, pid, err); });
-    });
+    st.reclaimed_blocks += pool->recover(i, w.slot, channels);
   }
 
   void on_respawned(int i, int pid, const std::string& err) {
@@ -386,6 +360,7 @@ class BrokerServer::Impl {
   void stop() {
     if (stopped) return;
     stopped = true;
+    if (arena.valid()) arena.header().shutting_down.store(1, std::memory_order_relaxed);  // relaxed: a hint for `tessera inspect`
     if (loop) {
       loop->post([this] {
         std::vector<int> ids;
@@ -395,8 +370,7 @@ class BrokerServer::Impl {
       });
     }
     if (thread.joinable()) thread.join();
-    if (respawner.joinable()) respawner.join();
-    if (sup) sup->shutdown();
+    if (pool) pool->shutdown();
     if (listen_fd >= 0) {
       ::close(listen_fd);
       ::unlink(opts.socket_path.c_str());

@@ -89,4 +89,30 @@ inline py::array view_array(const TensorView& v, py::handle base, bool writable)
   return a;
 }
 
+// The Python type TesseraError is raised as in this module (both modules set the same one).
+inline PyObject*& tessera_error_type() {
+  static PyObject* type = nullptr;
+  return type;
+}
+
+// Makes this module raise a C++ TesseraError as the Python exception `type`, with the
+// Errc name in its `code` attribute. `type` must outlive the module (a static).
+inline void raise_tessera_errors_as(PyObject* type) {
+  tessera_error_type() = type;
+  py::register_local_exception_translator([](std::exception_ptr p) {  // a translator captures nothing
+    PyObject* err_type = tessera_error_type();
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const TesseraError& e) {
+      py::object inst = py::reinterpret_steal<py::object>(PyObject_CallFunction(err_type, "s", e.what()));
+      if (inst) {
+        inst.attr("code") = std::string(errc_name(e.code));
+        PyErr_SetObject(err_type, inst.ptr());
+      } else {
+        PyErr_SetString(err_type, e.what());
+      }
+    }
+  });
+}
+
 }  // namespace tessera::py_bind

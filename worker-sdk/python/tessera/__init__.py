@@ -24,10 +24,20 @@ Host side::
         print(r.seq, r.outcome, r.output)
 """
 
-from ._tessera import InputBlock, TesseraError, Tile, TileResult
+from ._worker import TesseraError, Tile
 from .batch import Batcher, batch_handler
-from .client import Client
 from .sdk import Worker, handle_tile
 
 __all__ = ["Batcher", "batch_handler", "Client", "InputBlock", "TesseraError", "Tile", "TileResult", "Worker", "handle_tile"]
 __version__ = "0.1.0"
+
+_HOST_NAMES = {"Client": "client", "InputBlock": "_host", "TileResult": "_host"}
+
+
+def __getattr__(name: str):
+    """The host side (tessera._host: client, broker, supervisor) loads on first use,
+    so a worker process never loads it."""
+    if name in _HOST_NAMES:
+        import importlib
+        return getattr(importlib.import_module("." + _HOST_NAMES[name], __name__), name)
+    raise AttributeError(f"module 'tessera' has no attribute {name!r}")

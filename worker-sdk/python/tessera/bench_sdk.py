@@ -60,7 +60,7 @@ def run_pipeline(argv, n_tiles: int, op: int = 0, warmup: int = 200, window: int
     client = tessera.Client.embedded(classes=[(4096, 1024), (H * W * C, 2 * window + 16)], n_rings=8,
                                      ring_capacity=256, worker_window=window, prefault=True, spin_us=50)
     try:
-        client.start_pool(argv, count=1, stderr=subprocess.DEVNULL)
+        client.start_unsupervised_pool(argv, count=1, stderr=subprocess.DEVNULL)
         s = client.open_stream(max_in_flight=window)
         # Fill a few blocks once so every tile carries real pixels; later tiles reuse the block memory.
         rng = np.random.default_rng(0)

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import ctypes
+import fnmatch
 import json
 import os
 import select
+import signal
 import subprocess
 import time
 import uuid
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from . import _tessera
+from . import _host
 
 
 class WorkerStartError(RuntimeError):
     """A pool worker exited or reported a failure before it was ready."""
+
+
+# What a worker inherits from this process, as the C++ supervisor does
+# (broker/src/supervisor/process.cpp): nothing else (no tokens, no secrets).
+_ENV_ALLOW = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TMPDIR", "PYTHONPATH", "TZ", "USER", "LOGNAME")
+_PR_SET_PDEATHSIG = 1
+
+
+def _scrubbed_env(extra: Optional[Mapping[str, str]]) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, a) for a in _ENV_ALLOW)}
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class _PoolProcess:
@@ -72,7 +93,7 @@ class Client:
     class adds worker pools started from Python.
     """
 
-    def __init__(self, native: "_tessera.Client") -> None:
+    def __init__(self, native: "_host.Client") -> None:
         self._c = native
         self._pool: Dict[int, _PoolProcess] = {}
         self._next_reap = 0.0
@@ -85,7 +106,7 @@ class Client:
         ``classes``: list of (block_size, block_count) size classes (default: 64 KiB
         to 4 MiB). ``spin_us``/``sleep``: how the client waits for results.
         """
-        return cls(_tessera.Client.embedded(list(classes), n_rings, ring_capacity, prefault, max_in_flight,
+        return cls(_host.Client.embedded(list(classes), n_rings, ring_capacity, prefault, max_in_flight,
                                             worker_window, spin_us, sleep))
 
     @classmethod
@@ -96,7 +117,7 @@ class Client:
         The data path is the same as with :meth:`embedded`; the broker process owns the
         workers (restarts, recovery) and reclaims this client's blocks if it dies.
         """
-        return cls(_tessera.Client.connect(path, max_in_flight, worker_window, spin_us, sleep, timeout))
+        return cls(_host.Client.connect(path, max_in_flight, worker_window, spin_us, sleep, timeout))
 
     # ---- worker pool ----
     def spawn_worker(self, argv: Sequence[str], env: Optional[Mapping[str, str]] = None, name: str = "worker",
@@ -105,42 +126,47 @@ class Client:
 
         The arena descriptor is inherited (TESSERA_ARENA_FD/TESSERA_SLOT in the
         environment); stdin/stdout carry the Appose protocol. Does not wait for ready.
+        The worker gets the supervisor's scrubbed environment plus ``env``, and is
+        killed when this process exits.
         """
         index, slot, fd = self._c.add_external_worker(name)
-        child_env = dict(os.environ)
-        child_env.update(env or {})
+        child_env = _scrubbed_env(env)
         child_env["TESSERA_ARENA_FD"] = str(fd)
         child_env["TESSERA_SLOT"] = str(slot)
         proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                env=child_env, pass_fds=(fd,))
+                                env=child_env, pass_fds=(fd,), preexec_fn=_die_with_parent)
         self._pool[index] = _PoolProcess(index, slot, proc)
         self._c.set_worker_pid(index, proc.pid)
         return index
 
-    def start_supervised_pool(self, argv: Sequence[str], count: int = 1, env: Optional[Mapping[str, str]] = None,
-                              init_scripts: Sequence[str] = (), max_retries: int = 1, restart: bool = True,
-                              ready_timeout: float = 30.0, cancel_grace: float = 2.0,
-                              devices: Sequence[str] = ()) -> None:
-        """Starts ``count`` workers under the broker's own supervisor (C++): deaths are
-        detected by the broker, tiles retried, workers restarted with backoff.
+    def start_pool(self, argv: Sequence[str], count: int = 1, env: Optional[Mapping[str, str]] = None,
+                   init_scripts: Sequence[str] = (), max_retries: int = 1, restart: bool = True,
+                   ready_timeout: float = 30.0, cancel_grace: float = 2.0, devices: Sequence[str] = ()) -> None:
+        """Starts ``count`` workers under the broker's own supervisor, exactly as C++
+        ``Client::start_pool``: returns once each is ready; deaths are detected by the
+        broker, tiles retried (``max_retries``), workers restarted with backoff.
 
-        The workers get a scrubbed environment plus ``env``; for a Python worker pass
-        at least PYTHONPATH. Raises TesseraError with the worker's message on failure.
-        ``devices`` (e.g. ``["0", "1"]``): one worker per device instead of ``count``,
-        each with ``CUDA_VISIBLE_DEVICES`` set to its own device.
+        The workers get a scrubbed environment (PATH, HOME, PYTHONPATH, locale, ...)
+        plus ``env``, and die with this process. Raises TesseraError with the worker's
+        own message on failure. ``devices`` (e.g. ``["0", "1"]``): one worker per device
+        instead of ``count``, each with ``CUDA_VISIBLE_DEVICES`` set to its own device.
         """
         self._c.start_pool(list(argv), count, dict(env or {}), list(init_scripts), max_retries, restart,
                            ready_timeout, cancel_grace, [str(d) for d in devices])
 
-    def start_pool(self, argv: Sequence[str], count: int = 1, env: Optional[Mapping[str, str]] = None,
-                   init_scripts: Sequence[str] = (), ready_timeout: float = 30.0, stderr=None,
-                   devices: Sequence[str] = ()) -> List[int]:
-        """Starts ``count`` workers from Python and returns once each reported ready.
+    start_supervised_pool = start_pool  # the name this method had before start_pool was supervised
 
-        The workers inherit this process's environment plus ``env``; their deaths are
-        noticed in :meth:`poll` (no restart). ``init_scripts`` are Appose scripts run
-        in order before the readiness check. Raises WorkerStartError with the
-        worker's own message if one fails. See also :meth:`start_supervised_pool`.
+    def start_unsupervised_pool(self, argv: Sequence[str], count: int = 1, env: Optional[Mapping[str, str]] = None,
+                                init_scripts: Sequence[str] = (), ready_timeout: float = 30.0,
+                                stderr=None, devices: Sequence[str] = ()) -> List[int]:
+        """Starts ``count`` workers from Python, unsupervised: returns once each
+        reported ready, with their indices; :meth:`worker_process` gives each Popen.
+
+        Nothing restarts them: a death is noticed in :meth:`poll` and the worker's
+        tiles are retried on the others or failed. The workers get the same scrubbed
+        environment as :meth:`start_pool` plus ``env``, and die with this process.
+        ``init_scripts`` are Appose scripts run in order before the readiness check.
+        Raises WorkerStartError with the worker's own message if one fails.
         ``devices``: one worker per device instead of ``count``, each with
         ``CUDA_VISIBLE_DEVICES`` set to its own device.
         """
@@ -178,7 +204,7 @@ class Client:
         return dead
 
     # ---- data path (delegated) ----
-    def poll(self, max: int = 64, timeout: float = 0.0) -> List["_tessera.TileResult"]:
+    def poll(self, max: int = 64, timeout: float = 0.0) -> List["_host.TileResult"]:
         """Delivers up to ``max`` outcomes, waiting up to ``timeout`` s (GIL released)."""
         if self._pool:
             now = time.monotonic()
@@ -199,7 +225,7 @@ class Client:
         return getattr(self._c, name)
 
     @property
-    def native(self) -> "_tessera.Client":
+    def native(self) -> "_host.Client":
         return self._c
 
     def close(self, timeout: float = 5.0) -> None:

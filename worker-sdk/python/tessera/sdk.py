@@ -9,7 +9,7 @@ from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 
-from . import _tessera
+from . import _worker as _tessera  # the worker SDK's native module
 
 Handler = Callable[[np.ndarray, "_tessera.Tile"], Optional[np.ndarray]]
 

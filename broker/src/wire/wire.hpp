@@ -12,6 +12,8 @@
 
 #include <boost/json.hpp>
 
+#include <tessera/appose.hpp>  // LineFramer: the project's one JSON-lines framer
+
 namespace tessera::wire {
 
 // Sends one line (a '\n' is appended), with `fd` attached if >= 0. Returns false on error.
@@ -75,20 +77,30 @@ inline ssize_t recv_some(int sock, std::string& buf, int* fd) noexcept {
   return n;
 }
 
-// Pops complete lines off `buf`, parsing each as a JSON object (malformed lines are skipped).
-template <class Fn>
-void for_each_line(std::string& buf, Fn&& fn) {
-  std::size_t start = 0;
-  for (;;) {
-    const std::size_t nl = buf.find('\n', start);
-    if (nl == std::string::npos) break;
-    boost::system::error_code ec;
-    auto v = boost::json::parse(std::string_view(buf).substr(start, nl - start), ec);
-    if (!ec && v.is_object()) fn(v.as_object());
-    start = nl + 1;
+// Splits the bytes recv_some read into lines with appose::LineFramer (each byte is
+// scanned once; a line longer than `max_line` is dropped, never buffered) and parses
+// each line as a JSON object (malformed lines are skipped).
+class LineReader {
+ public:
+  explicit LineReader(std::size_t max_line = 16u << 20) : framer_(max_line) {}
+
+  // Consumes `bytes` (cleared) and calls fn(object) for each complete line.
+  template <class Fn>
+  void feed(std::string& bytes, Fn&& fn) {
+    framer_.feed(
+        bytes,
+        [&](std::string_view line) {
+          boost::system::error_code ec;
+          auto v = boost::json::parse(line, ec);
+          if (!ec && v.is_object()) fn(v.as_object());
+        },
+        [](std::size_t) {});
+    bytes.clear();
   }
-  buf.erase(0, start);
-}
+
+ private:
+  appose::LineFramer framer_;
+};
 
 inline std::int64_t get_int(const boost::json::object& o, const char* k, std::int64_t dflt = -1) {
   auto it = o.find(k);

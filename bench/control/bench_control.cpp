@@ -1,6 +1,7 @@
-// Control-plane benchmark: EXECUTE -> COMPLETION round trips through the
-// supervisor to a trivial C++ worker, next to the same exchange on a bare pipe.
-#include "daemon.hpp"
+// tessera-bench-control N [--loop auto|io_uring|epoll]: control-plane benchmark,
+// EXECUTE -> COMPLETION round trips through the supervisor to a trivial C++ worker
+// (this executable with --trivial-worker), next to the same exchange on a bare pipe
+// spawned the same way. One JSON line per result.
 
 #include <poll.h>
 #include <unistd.h>
@@ -14,14 +15,17 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <tessera/appose.hpp>
 #include <tessera/supervisor.hpp>
 
 #include "process.hpp"
 
-namespace tessera::daemon {
+namespace tessera::bench_control {
 
 namespace ap = appose;
 using Clock = std::chrono::steady_clock;
@@ -140,9 +144,9 @@ int bench_direct(int n) {
   return 0;
 }
 
-int bench_supervisor(const Options& opts, int n) {
+int bench_supervisor(LoopChoice loop, int n) {
   SupervisorOptions so;
-  so.loop = opts.loop;
+  so.loop = loop;
   auto sup = Supervisor::create(so);
   if (!sup) return 1;
   WorkerSpec spec;
@@ -206,9 +210,22 @@ int bench_supervisor(const Options& opts, int n) {
 
 }  // namespace
 
-int run_bench_control(const Options& opts, int n) {
-  if (int rc = bench_direct(n); rc != 0) return rc;
-  return bench_supervisor(opts, n);
-}
+}  // namespace tessera::bench_control
 
-}  // namespace tessera::daemon
+int main(int argc, char** argv) {
+  using namespace tessera;
+  CLI::App app{"tessera-bench-control: Appose EXECUTE->COMPLETION round trips, supervisor vs bare pipe"};
+  int n = 3000;
+  bool trivial = false;
+  std::string loop = "auto";
+  app.add_option("n", n, "round trips")->check(CLI::PositiveNumber);
+  app.add_flag("--trivial-worker", trivial, "run as the minimal Appose worker (the benchmark's peer)")->group("");
+  app.add_option("--loop", loop, "event loop back end")->check(CLI::IsMember({"auto", "io_uring", "epoll"}));
+  CLI11_PARSE(app, argc, argv);
+  if (trivial) return bench_control::run_trivial_worker();
+  spdlog::set_default_logger(spdlog::stderr_color_mt("tessera-bench-control"));
+  spdlog::set_level(spdlog::level::warn);
+  const LoopChoice lc = loop == "epoll" ? LoopChoice::epoll : loop == "io_uring" ? LoopChoice::io_uring : LoopChoice::automatic;
+  if (int rc = bench_control::bench_direct(n); rc != 0) return rc;
+  return bench_control::bench_supervisor(lc, n);
+}
