@@ -162,7 +162,9 @@ Result<TissueMap> detect_tissue(const Slide& slide, const TileGrid& grid, const 
   m.keep.assign(ntiles, 0);
   m.thumb_level = best;
   const LevelSize ts = slide.level_size(best);
-  const int band = 64;
+  // Bands of one native tile row (each thumbnail tile decoded once), else 64 rows.
+  const int nt = slide.native_tile(best);
+  const int band = nt >= 16 && nt <= 1024 ? nt : 64;
   std::vector<std::uint8_t> rgb(static_cast<std::size_t>(ts.width) * band * 3);
   const double mg = opts.margin;
   for (std::int64_t y0 = 0; y0 < ts.height; y0 += band) {
