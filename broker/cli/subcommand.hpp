@@ -22,5 +22,7 @@ Subcommand add_inspect(CLI::App& parent);
 Subcommand add_overlay(CLI::App& parent);
 // Adds `tessera bench` (bench.cpp): runs tessera-bench.
 Subcommand add_bench(CLI::App& parent);
+// Adds `tessera batch` (batch.cpp): slide archives on NATS JetStream (built with libnats).
+Subcommand add_batch(CLI::App& parent);
 
 }  // namespace tessera::cli

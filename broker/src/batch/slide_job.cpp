@@ -1,0 +1,175 @@
+// One slide through the current overlay library API (run_pipeline + PNG outputs).
+#include <tessera/batch/slide_job.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include <fmt/core.h>
+
+#include <tessera/overlay.hpp>
+
+namespace tessera::batch {
+namespace fs = std::filesystem;
+
+namespace {
+
+// "synthetic:SIZE:SEED" -> the built-in procedural slide (tests, demos, benchmarks).
+Result<std::unique_ptr<overlay::Slide>> open_job_slide(const std::string& slide) {
+  if (slide.rfind("synthetic:", 0) == 0) {
+    long long size = 0;
+    unsigned long long seed = 0;
+    if (std::sscanf(slide.c_str() + 10, "%lld:%llu", &size, &seed) != 2 || size < 256 || size > 65536)
+      return fail(Errc::invalid_argument, "slide '" + slide + "': expected synthetic:SIZE:SEED with SIZE in [256, 65536]");
+    return overlay::synthetic_slide(size, size, seed);
+  }
+  return overlay::open_slide(slide);
+}
+
+Result<void> fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) return fail(Errc::system, "open '" + path + "': " + std::strerror(errno));
+  const int r = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (r != 0) return fail(Errc::system, "fsync '" + path + "': " + std::strerror(err));
+  return {};
+}
+
+}  // namespace
+
+std::string warm_key(const SlideJob& j) {
+  return fmt::format("{}|{}|{}|{}|{}", j.worker, j.workers, j.tile, j.overlap, j.in_flight);
+}
+
+Result<std::unique_ptr<Client>> start_warm_client(const SlideJob& job, const std::string& bin_dir) {
+  // Arena: one size class for input tiles (RGB) and one for masks, in_flight + slack
+  // blocks each, as `tessera overlay` sizes it.
+  const std::uint64_t edge = static_cast<std::uint64_t>(job.tile + 2 * job.overlap);
+  auto page = [](std::uint64_t v) { return (v + kPageSize - 1) / kPageSize * kPageSize; };
+  std::map<std::uint64_t, std::uint32_t> classes{{kPageSize, 256}};
+  classes[page(edge * edge * 3)] += job.in_flight + 32;
+  classes[page(edge * edge)] += job.in_flight + 32;
+  ClientOptions co;
+  co.arena.classes.clear();
+  for (auto [size, count] : classes) co.arena.classes.push_back({size, count});
+  co.arena.n_rings = 64;
+  co.arena.ring_capacity = 1024;
+  co.max_in_flight = job.in_flight * 2;
+  auto client = Client::embedded(co);
+  if (!client) return fail(Errc::system, "cannot create the arena: " + client.error().message);
+
+  PoolSpec p;
+  p.count = job.workers;
+  const fs::path bin(bin_dir);
+  const fs::path py = bin.parent_path() / "python";
+  if (job.worker == "cpp") {
+    p.argv = {(bin / "tessera-tissue-worker").string()};
+  } else if (job.worker == "numpy") {
+    p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.numpy_worker:handler"};
+    p.env["PYTHONPATH"] = py.string();
+  } else if (job.worker == "torch") {
+    p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.torch_worker:handler", "--init",
+              "tessera_examples.torch_worker:init"};
+    p.env["PYTHONPATH"] = py.string();
+    p.ready_timeout = std::chrono::milliseconds(120'000);  // importing torch takes seconds
+  } else {
+    std::string cur;
+    for (char c : job.worker) {
+      if (c == ' ') {
+        if (!cur.empty()) p.argv.push_back(cur);
+        cur.clear();
+      } else {
+        cur += c;
+      }
+    }
+    if (!cur.empty()) p.argv.push_back(cur);
+    p.env["PYTHONPATH"] = py.string();
+  }
+  if (p.argv.empty()) return fail(Errc::invalid_argument, "job: empty worker command");
+  if (auto r = (*client)->start_pool(p); !r) return fail(Errc::worker_failed, "the worker pool did not start: " + r.error().message);
+  return std::move(*client);
+}
+
+Result<std::string> write_atomically(const std::string& dir, const std::string& name,
+                                     const std::function<Result<void>(const std::string&)>& write) {
+  std::error_code ec;
+  const fs::path partial = fs::path(dir) / ".partial";
+  fs::create_directories(partial, ec);
+  if (ec) return fail(Errc::system, "cannot create '" + partial.string() + "': " + ec.message());
+  // Unique per process and call: two nodes finishing the same item never share a temp file.
+  static std::atomic<std::uint64_t> counter{0};
+  // SYNC[batch.tmp_counter] relaxed: only uniqueness matters; no data is published with it.
+  const std::uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
+  char host[128] = {};
+  ::gethostname(host, sizeof host - 1);
+  const fs::path tmp = partial / fmt::format("{}.{}-{}-{}", name, host, ::getpid(), n);
+  const fs::path final_path = fs::path(dir) / name;
+  if (auto r = write(tmp.string()); !r) {
+    fs::remove(tmp, ec);
+    return fail(r.error());
+  }
+  if (auto r = fsync_path(tmp.string(), false); !r) {
+    fs::remove(tmp, ec);
+    return fail(r.error());
+  }
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    const int err = errno;
+    fs::remove(tmp, ec);
+    return fail(Errc::system, "rename to '" + final_path.string() + "': " + std::strerror(err));
+  }
+  if (auto r = fsync_path(dir, true); !r) return fail(r.error());
+  return final_path.string();
+}
+
+Result<SlideJobReport> run_slide_job(Client& warm_client, const SlideJob& job, const JobProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto slide = open_job_slide(job.slide);
+  if (!slide) return fail(slide.error());
+  if (job.level >= (*slide)->level_count())
+    return fail(Errc::invalid_argument, fmt::format("slide '{}' has no level {} (it has {})", job.slide, job.level,
+                                                    (*slide)->level_count()));
+  overlay::PipelineOptions po;
+  po.grid.tile = job.tile;
+  po.grid.overlap = job.overlap;
+  po.grid.level = job.level;
+  po.op = job.op;
+  po.max_in_flight = job.in_flight;
+  po.ordered = true;
+  po.progress = progress;
+  std::vector<std::uint8_t> mask;
+  auto rep = overlay::run_pipeline(warm_client, **slide, po, mask);
+  if (!rep) return fail(rep.error());
+  if (rep->completed != rep->tiles) {
+    std::string why = rep->errors.empty() ? std::string("no reason given") : rep->errors.front();
+    return fail(Errc::worker_failed, fmt::format("{} of {} tiles did not complete ({} failed, {} canceled): {}",
+                                                 rep->tiles - rep->completed, rep->tiles, rep->failed, rep->canceled, why));
+  }
+  SlideJobReport out;
+  out.tiles = rep->tiles;
+  std::error_code ec;
+  fs::create_directories(job.out_dir, ec);
+  if (ec) return fail(Errc::system, "cannot create '" + job.out_dir + "': " + ec.message());
+  auto overlay_path = write_atomically(job.out_dir, job.stem + ".overlay.png", [&](const std::string& tmp) {
+    return overlay::write_overlay_png(tmp, **slide, job.level, mask, job.overlay_max_side);
+  });
+  if (!overlay_path) return fail(overlay_path.error());
+  out.outputs.push_back(*overlay_path);
+  if (job.write_mask) {
+    const auto ls = (*slide)->level_size(job.level);
+    auto mask_path = write_atomically(job.out_dir, job.stem + ".mask.png", [&](const std::string& tmp) {
+      return overlay::write_png(tmp, mask.data(), static_cast<int>(ls.width), static_cast<int>(ls.height), 1);
+    });
+    if (!mask_path) return fail(mask_path.error());
+    out.outputs.push_back(*mask_path);
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace tessera::batch
