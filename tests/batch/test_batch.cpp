@@ -391,7 +391,7 @@ TEST(Batch, ServerRestartMidBatchCompletes) {
 TEST(Batch, SigtermFinishesOrReleasesTheCurrentItem) {
   Batch bt;
   ASSERT_TRUE(bt.server.start()) << bt.logs();
-  auto [rc, out] = bt.submit("--op 4 --ack-wait 30" + synthetic_args(4, 2048, 500));
+  auto [rc, out] = bt.submit("--op 4 --ack-wait 30" + synthetic_args(3, 1536, 500));
   ASSERT_EQ(rc, 0) << out;
   Child& patient = bt.start_node("patient", "--drain-timeout 60");
   auto p_item = bt.wait_running_on("patient", 30s);
@@ -414,9 +414,9 @@ TEST(Batch, SigtermFinishesOrReleasesTheCurrentItem) {
   for (const auto& e : mid->items) EXPECT_NE(e.status.state, b::ItemState::running) << e.status.stem;
 
   bt.start_node("closer", "--exit-when-idle 4");
-  auto st = bt.wait_finished(60s, 4);
+  auto st = bt.wait_finished(60s, 3);
   ASSERT_TRUE(st) << bt.logs();
-  EXPECT_EQ(st->done, 4) << bt.logs();
+  EXPECT_EQ(st->done, 3) << bt.logs();
   for (const auto& e : st->items) {
     if (e.id == p_item->id) {
       EXPECT_EQ(e.status.node, "patient");
@@ -425,5 +425,5 @@ TEST(Batch, SigtermFinishesOrReleasesTheCurrentItem) {
       EXPECT_EQ(e.status.node, "closer");
     }
   }
-  EXPECT_EQ(bt.outputs().size(), 4u);
+  EXPECT_EQ(bt.outputs().size(), 3u);
 }

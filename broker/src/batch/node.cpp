@@ -2,6 +2,7 @@
 // warm client, keeps the item alive while it runs, and acks only durable outputs.
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
@@ -102,7 +103,8 @@ class Node {
     } else {
       return fail(r.error());
     }
-    heartbeat_ = std::max<std::chrono::milliseconds>(100ms, ack_wait_ / 4);
+    // InProgress well inside the ack wait; at least every 2 s so that status shows progress.
+    heartbeat_ = std::clamp<std::chrono::milliseconds>(ack_wait_ / 4, 100ms, 2'000ms);
     auto kv = s_->status_bucket(o_.names, true);
     if (!kv) return fail(kv.error());
     kv_ = *kv;
