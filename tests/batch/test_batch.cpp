@@ -193,18 +193,24 @@ struct Batch {
     return all;
   }
 
-  // Names of the files in out/ (the .partial folder must be empty).
+  // Names of the finished files in out/ (temp files of an unfinished write excluded).
   std::set<std::string> outputs() const {
     std::set<std::string> names;
     if (!fs::exists(out)) return names;
     for (const auto& e : fs::directory_iterator(out))
-      if (e.is_regular_file()) names.insert(e.path().filename().string());
+      if (e.is_regular_file() && e.path().filename().string().find(".tmp-") == std::string::npos)
+        names.insert(e.path().filename().string());
     return names;
   }
+  // Temp files of unfinished writes (under out/.partial/, or "*.tmp-*" next to the outputs).
   std::size_t partial_files() const {
-    const fs::path p = out / ".partial";
-    if (!fs::exists(p)) return 0;
-    return static_cast<std::size_t>(std::distance(fs::directory_iterator(p), fs::directory_iterator{}));
+    std::size_t n = 0;
+    if (!fs::exists(out)) return n;
+    for (const auto& e : fs::recursive_directory_iterator(out))
+      if (e.is_regular_file() && (e.path().parent_path().filename() == ".partial" ||
+                                  e.path().filename().string().find(".tmp-") != std::string::npos))
+        ++n;
+    return n;
   }
 };
 
@@ -364,6 +370,7 @@ TEST(Batch, PoisonSlideIsTerminatedAndReported) {
   EXPECT_EQ(src, 1) << sout;
   EXPECT_NE(sout.find("failed   poison"), std::string::npos) << sout;
   EXPECT_EQ(bt.outputs().size(), 4u);
+  EXPECT_EQ(bt.partial_files(), 0u);
 }
 
 // nats-server killed and restarted mid-batch on the same port and store: the nodes

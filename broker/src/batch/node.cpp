@@ -47,12 +47,17 @@ class Node {
     s_ = std::move(*session);
     // The stream and consumer exist once anything was submitted; a node started
     // first waits for them (it may also be started before the server is up).
+    std::string last_error;
     for (;;) {
       auto ready = setup();
       if (ready) break;
       if (stop_.load(std::memory_order_relaxed)) return report_;  // SYNC[batch.stop] relaxed: a flag polled in a loop
-      if (idle_expired()) return report_;
-      spdlog::info("node {}: waiting for batch '{}': {}", o_.node_name, o_.names.stream, ready.error().message);
+      if (idle_expired())
+        return fail(Errc::unavailable, "batch '" + o_.names.stream + "' not reachable within --exit-when-idle: " +
+                                           ready.error().message);
+      if (ready.error().message != last_error)
+        spdlog::info("node {}: waiting for batch '{}': {}", o_.node_name, o_.names.stream, ready.error().message);
+      last_error = ready.error().message;
       std::this_thread::sleep_for(500ms);
     }
     spdlog::info("node {}: consuming {} (ack wait {} ms, heartbeat {} ms, max attempts {})", o_.node_name,
@@ -212,6 +217,7 @@ class Node {
     std::mutex mu;
     std::condition_variable cv;
     bool finished = false;
+    last_beat_ = SteadyClock::now();  // before the thread starts: only the heartbeat thread touches it from now on
     std::thread heartbeat([&] {
       std::unique_lock lk(mu);
       std::optional<SteadyClock::time_point> drain_deadline;
@@ -231,7 +237,6 @@ class Node {
         kvStore_Put(nullptr, kv_, job->id.c_str(), v.data(), static_cast<int>(v.size()));
       }
     });
-    last_beat_ = SteadyClock::now();
     auto result = run(*job, [&](std::int64_t d, std::int64_t t) {
       // SYNC[batch.progress] relaxed: display counters; nothing is published with them.
       done.store(d, std::memory_order_relaxed);
