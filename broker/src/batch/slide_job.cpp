@@ -14,6 +14,10 @@
 
 #include <tessera/overlay.hpp>
 
+#ifdef TESSERA_HAVE_MASK_WRITER
+#include "mask_writer.hpp"  // the streaming outputs of the overlay pipeline
+#endif
+
 namespace tessera::batch {
 namespace fs = std::filesystem;
 
@@ -53,7 +57,12 @@ Result<std::unique_ptr<Client>> start_warm_client(const SlideJob& job, const std
   const std::uint64_t edge = static_cast<std::uint64_t>(job.tile + 2 * job.overlap);
   auto page = [](std::uint64_t v) { return (v + kPageSize - 1) / kPageSize * kPageSize; };
   std::map<std::uint64_t, std::uint32_t> classes{{kPageSize, 256}};
+#ifdef TESSERA_HAVE_MASK_WRITER
+  // Input blocks: the tiles in flight plus the readers' queue (8 per reader), as `tessera overlay`.
+  classes[page(edge * edge * 3)] += job.in_flight + 32 + static_cast<std::uint32_t>(8 * overlay::default_readers());
+#else
   classes[page(edge * edge * 3)] += job.in_flight + 32;
+#endif
   classes[page(edge * edge)] += job.in_flight + 32;
   ClientOptions co;
   co.arena.classes.clear();
@@ -127,6 +136,65 @@ Result<std::string> write_atomically(const std::string& dir, const std::string& 
   return final_path.string();
 }
 
+#ifdef TESSERA_HAVE_MASK_WRITER
+// The streaming pipeline: tissue detection, parallel readers, and a MaskWriter that writes
+// the pyramidal mask TIFF, the GeoJSON and the PNG preview and renames each into place
+// (fsync + rename + directory fsync) in finish().
+Result<SlideJobReport> run_slide_job(Client& warm_client, const SlideJob& job, const JobProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto slide = open_job_slide(job.slide);
+  if (!slide) return fail(slide.error());
+  if (job.level >= (*slide)->level_count())
+    return fail(Errc::invalid_argument, fmt::format("slide '{}' has no level {} (it has {})", job.slide, job.level,
+                                                    (*slide)->level_count()));
+  const auto ls = (*slide)->level_size(job.level);
+  overlay::PipelineOptions po;
+  po.grid.tile = job.tile;
+  po.grid.overlap = job.overlap;
+  po.grid.level = job.level;
+  po.grid.width = ls.width;
+  po.grid.height = ls.height;
+  po.op = job.op;
+  po.max_in_flight = job.in_flight;
+  po.readers = overlay::default_readers();
+  // Masks reach the writer in grid order: the mask TIFF's tile layout follows arrival order,
+  // and a redelivered item must write the same bytes again.
+  po.ordered = true;
+  po.progress = progress;
+  std::error_code ec;
+  fs::create_directories(job.out_dir, ec);
+  if (ec) return fail(Errc::system, "cannot create '" + job.out_dir + "': " + ec.message());
+  const auto names = output_names(job);  // <stem>.overlay.png, .overlay.tiff, .overlay.geojson
+  overlay::MaskOutputs outs;
+  outs.png = (fs::path(job.out_dir) / names[0]).string();
+  outs.tiff = (fs::path(job.out_dir) / names[1]).string();
+  outs.geojson = (fs::path(job.out_dir) / names[2]).string();
+  overlay::MaskGeometry geo;
+  geo.width = ls.width;
+  geo.height = ls.height;
+  geo.tile = job.tile;
+  geo.downsample = ls.downsample;
+  geo.mpp_x = (*slide)->mpp_x();
+  geo.mpp_y = (*slide)->mpp_y();
+  auto writer = overlay::MaskWriter::create(outs, geo);
+  if (!writer) return fail(writer.error());
+  auto rep = overlay::run_pipeline(warm_client, **slide, po, **writer);
+  if (!rep) return fail(rep.error());
+  if (rep->failed > 0 || rep->canceled > 0) {
+    // A slide with unreadable or failed tiles is a failed attempt (retried, then reported),
+    // not a silently incomplete result. The writer removes its temp files.
+    const std::string why = rep->failures.empty() ? std::string("no reason given") : rep->failures.front().why;
+    return fail(Errc::worker_failed, fmt::format("{} of {} tiles failed, {} canceled; first: {}", rep->failed,
+                                                 rep->tiles - rep->skipped, rep->canceled, why));
+  }
+  if (auto f = (*writer)->finish(slide->get()); !f) return fail(f.error());
+  SlideJobReport out;
+  out.tiles = rep->tiles;
+  out.outputs = {outs.png, outs.tiff, outs.geojson};
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+#else
 Result<SlideJobReport> run_slide_job(Client& warm_client, const SlideJob& job, const JobProgress& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   auto slide = open_job_slide(job.slide);
@@ -171,5 +239,6 @@ Result<SlideJobReport> run_slide_job(Client& warm_client, const SlideJob& job, c
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }
+#endif
 
 }  // namespace tessera::batch

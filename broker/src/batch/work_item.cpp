@@ -91,9 +91,14 @@ Result<SlideJob> job_from_json(const std::string& text) {
 }
 
 std::vector<std::string> output_names(const SlideJob& job) {
+#ifdef TESSERA_HAVE_MASK_WRITER
+  // The streaming writer always writes all three (write_mask: the TIFF is the mask).
+  return {job.stem + ".overlay.png", job.stem + ".overlay.tiff", job.stem + ".overlay.geojson"};
+#else
   std::vector<std::string> out = {job.stem + ".overlay.png"};
   if (job.write_mask) out.push_back(job.stem + ".mask.png");
   return out;
+#endif
 }
 
 const char* state_name(ItemState s) noexcept {
