@@ -142,7 +142,7 @@ Result<SubmitReport> submit(const SubmitOptions& o) {
     pending.updated_ms = j.submitted_ms;
     const std::string pending_json = to_json(pending);
     std::string msg_id = j.id;
-    bool queue = false;
+    bool queue = false, skipped = false;
     for (int tries = 0; tries < 5 && !queue; ++tries) {
       kvEntry* raw = nullptr;
       natsStatus st = kvStore_Get(&raw, *kv, j.id.c_str());
@@ -158,10 +158,12 @@ Result<SubmitReport> submit(const SubmitOptions& o) {
       const ItemState state = cur ? cur->state : ItemState::failed;
       if (state == ItemState::done && !o.force) {
         ++rep.skipped_done;
+        skipped = true;
         break;
       }
       if (state == ItemState::running && !o.force) {
         ++rep.skipped_queued;
+        skipped = true;
         break;
       }
       if (state == ItemState::pending || state == ItemState::retry) {
@@ -177,6 +179,8 @@ Result<SubmitReport> submit(const SubmitOptions& o) {
                           kvEntry_Revision(e.get()));
       if (st == NATS_OK) queue = true;
     }
+    if (!queue && !skipped)
+      return fail(Errc::timeout, "status of " + j.stem + " kept changing under concurrent updates; submit again");
     if (!queue) continue;
     auto pub = publish(s, o.names, j, msg_id);
     if (!pub) return fail(pub.error());

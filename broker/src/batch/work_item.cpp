@@ -34,7 +34,6 @@ template <class T>
 bool get(const json::object& o, const char* key, T& out) {
   const json::value* v = o.if_contains(key);
   if (!v) return true;  // optional: keep the default
-  boost::system::error_code ec;
   auto r = json::try_value_to<T>(*v);
   if (!r) return false;
   out = *r;
