@@ -13,6 +13,9 @@ int main(int argc, char** argv) {
       tessera::cli::add_overlay(app),
       tessera::cli::add_bench(app),
       tessera::cli::add_make_slide(app),
+#ifdef TESSERA_HAVE_BATCH
+      tessera::cli::add_batch(app),
+#endif
   };
   CLI11_PARSE(app, argc, argv);
   for (auto& s : subs)

@@ -24,5 +24,7 @@ Subcommand add_overlay(CLI::App& parent);
 Subcommand add_bench(CLI::App& parent);
 // Adds the hidden `tessera make-slide` (overlay.cpp): writes a JPEG-tiled test slide.
 Subcommand add_make_slide(CLI::App& parent);
+// Adds `tessera batch` (batch.cpp): slide archives on NATS JetStream (built with libnats).
+Subcommand add_batch(CLI::App& parent);
 
 }  // namespace tessera::cli

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include <tiffio.h>
+#include <unistd.h>
 #include <zlib.h>
 
 namespace tessera::overlay::detail {
@@ -90,15 +91,29 @@ Result<std::unique_ptr<PyramidTiff>> PyramidTiff::create(const std::string& path
     return fail(Errc::system, "mask TIFF '" + path + "': cannot compress the zero tile");
   p->zero_.resize(zlen);
 
+  // The staging file keeps the temp name's ".tmp-..." tail, so a killed run never leaves
+  // a file a viewer mistakes for output.
+  const auto tmp_at = path.rfind(".tmp-");
+  p->staging_path_ = tmp_at == std::string::npos ? path + ".level0.tmp"
+                                                 : path.substr(0, tmp_at) + ".level0" + path.substr(tmp_at);
+  errno = 0;
+  p->staging_ = open_tiff(p->staging_path_, p->big_ ? "w8" : "w", p->last_error_.get());
+  if (!p->staging_) return fail(p->tiff_error("cannot open the staging file '" + p->staging_path_ + "'"));
+  p->tif_ = p->staging_;  // set_level_tags writes to tif_
+  auto s = p->set_level_tags(0);
+  p->tif_ = nullptr;
+  if (!s) return fail(std::move(s).error());
   errno = 0;
   p->tif_ = open_tiff(path, p->big_ ? "w8" : "w", p->last_error_.get());
   if (!p->tif_) return fail(p->tiff_error("cannot open for writing"));
-  auto s = p->set_level_tags(0);
+  s = p->set_level_tags(0);
   if (!s) return fail(std::move(s).error());
   return p;
 }
 
 PyramidTiff::~PyramidTiff() {
+  if (staging_) TIFFClose(as_tiff(staging_));
+  if (!staging_path_.empty()) ::unlink(staging_path_.c_str());
   if (tif_) TIFFClose(as_tiff(tif_));
 }
 
@@ -151,7 +166,7 @@ Result<void> PyramidTiff::write_zero_tile(std::uint32_t index) {
 
 Result<void> PyramidTiff::put_tile(std::int64_t col, std::int64_t row, const std::uint8_t* mask, int cols, int rows,
                                    std::size_t stride) {
-  if (finished_ || !tif_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': put_tile after finish");
+  if (finished_ || !staging_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': put_tile after finish");
   Level& l0 = levels_[0];
   const std::string at = "tile (" + std::to_string(col) + "," + std::to_string(row) + ")";
   if (col < 0 || row < 0 || col >= l0.cols || row >= l0.rows)
@@ -178,9 +193,40 @@ Result<void> PyramidTiff::put_tile(std::int64_t col, std::int64_t row, const std
   // the encoder (a raw rewrite would append to the old bytes).
   if (any == 0 && !written0_[idx]) return {};
   errno = 0;
-  if (TIFFWriteEncodedTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), dst, static_cast<tmsize_t>(buf_.size())) < 0)
-    return fail(tiff_error("cannot write " + at));
+  if (TIFFWriteEncodedTile(as_tiff(staging_), static_cast<std::uint32_t>(idx), dst, static_cast<tmsize_t>(buf_.size())) < 0)
+    return fail(tiff_error("cannot write " + at + " to the staging file"));
   written0_[idx] = true;
+  return {};
+}
+
+// Level 0 into the output in grid order: a background tile is the shared zero tile, any
+// other is copied from the staging file as it is (compressed; not decoded again).
+Result<void> PyramidTiff::copy_level0_in_grid_order() {
+  errno = 0;
+  if (!TIFFWriteDirectory(as_tiff(staging_))) return fail(tiff_error("cannot finish the staging file"));
+  TIFFClose(as_tiff(staging_));
+  staging_ = nullptr;
+  TiffPtr rd(open_tiff(staging_path_, "r", last_error_.get()));
+  if (!rd) return fail(tiff_error("cannot read back the staging file '" + staging_path_ + "'"));
+  const Level& l0 = levels_[0];
+  std::vector<std::uint8_t> raw;
+  for (std::size_t i = 0; i < l0.nonzero.size(); ++i) {
+    const auto idx = static_cast<std::uint32_t>(i);
+    if (!l0.nonzero[i]) {
+      if (auto s = write_zero_tile(idx); !s) return s;
+      continue;
+    }
+    const std::uint64_t n = TIFFGetStrileByteCount(rd.get(), idx);
+    raw.resize(static_cast<std::size_t>(n));
+    errno = 0;
+    if (n == 0 || TIFFReadRawTile(rd.get(), idx, raw.data(), static_cast<tmsize_t>(n)) != static_cast<tmsize_t>(n))
+      return fail(tiff_error("cannot read back tile " + std::to_string(i) + " of the staging file"));
+    if (TIFFWriteRawTile(as_tiff(tif_), idx, raw.data(), static_cast<tmsize_t>(n)) < 0)
+      return fail(tiff_error("cannot write tile " + std::to_string(i)));
+  }
+  rd.reset();
+  ::unlink(staging_path_.c_str());
+  staging_path_.clear();
   return {};
 }
 
@@ -241,11 +287,7 @@ Result<void> PyramidTiff::build_level(int k) {
 Result<void> PyramidTiff::finish() {
   if (finished_ || !tif_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': finish called twice");
   finished_ = true;
-  for (std::size_t i = 0; i < written0_.size(); ++i)
-    if (!written0_[i]) {
-      auto s = write_zero_tile(static_cast<std::uint32_t>(i));
-      if (!s) return s;
-    }
+  if (auto s = copy_level0_in_grid_order(); !s) return s;
   written0_ = {};
   errno = 0;
   if (!TIFFWriteDirectory(as_tiff(tif_))) return fail(tiff_error("cannot write the directory of level 0"));

@@ -1,6 +1,8 @@
 // The mask as a pyramidal tiled TIFF, written streaming: level-0 tiles are encoded
-// as they arrive (any order), lower levels are built in finish() one output tile at
-// a time from four tiles of the level above, read back from the same file.
+// as they arrive (any order) into a staging file beside the output; finish() copies
+// them, still compressed, into the output in grid order (so the same masks give the
+// same bytes whatever order they arrived in) and builds the lower levels one output
+// tile at a time from four tiles of the level above, read back from the output.
 // Layout and the memory bound: docs/design/overlay-outputs.md.
 #pragma once
 
@@ -56,6 +58,7 @@ class PyramidTiff {
   PyramidTiff() = default;
   Result<void> set_level_tags(int k);
   Result<void> write_zero_tile(std::uint32_t index);
+  Result<void> copy_level0_in_grid_order();
   Result<void> build_level(int k);  // level k from level k-1
   Error tiff_error(const std::string& what) const;
 
@@ -63,6 +66,8 @@ class PyramidTiff {
   MaskGeometry g_;
   int tile_ = 256;
   bool big_ = false;
+  std::string staging_path_;  // level 0 in arrival order, removed by finish() and the destructor
+  void* staging_ = nullptr;   // TIFF* of the staging file
   void* tif_ = nullptr;                                                        // TIFF* of the writer
   std::unique_ptr<std::string> last_error_ = std::make_unique<std::string>();  // stable address for libtiff's handler
   std::vector<Level> levels_;
