@@ -21,7 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include <tessera/appose.hpp>
-#include <tessera/supervisor.hpp>
+#include <tessera/appose_router.hpp>
 
 #include "process.hpp"
 
@@ -145,11 +145,11 @@ int bench_direct(int n) {
 }
 
 int bench_supervisor(LoopChoice loop, int n) {
-  SupervisorOptions so;
+  RouterOptions so;
   so.loop = loop;
-  auto sup = Supervisor::create(so);
+  auto sup = ApposeRouter::create(so);
   if (!sup) return 1;
-  WorkerSpec spec;
+  ApposeWorkerSpec spec;
   spec.argv = {self_exe(), "--trivial-worker"};
   auto w = (*sup)->add_worker(spec);
   if (!w) {

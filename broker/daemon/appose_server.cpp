@@ -27,7 +27,7 @@
 #include <spdlog/spdlog.h>
 
 #include <tessera/appose.hpp>
-#include <tessera/supervisor.hpp>
+#include <tessera/appose_router.hpp>
 
 namespace tessera::daemon {
 
@@ -361,8 +361,8 @@ std::optional<T> get_num(const json::object& o, const char* key) {
   return std::nullopt;
 }
 
-Result<WorkerSpec> spec_from(const json::object& in) {
-  WorkerSpec s;
+Result<ApposeWorkerSpec> spec_from(const json::object& in) {
+  ApposeWorkerSpec s;
   const auto* argv = in.if_contains("argv");
   if (argv == nullptr || !argv->is_array() || argv->get_array().empty()) {
     return fail(Errc::invalid_argument, "workers.start: 'argv' must be a non-empty array of strings");
@@ -393,7 +393,7 @@ Result<WorkerSpec> spec_from(const json::object& in) {
   return s;
 }
 
-json::object stats_json(const SupervisorStats& s) {
+json::object stats_json(const RouterStats& s) {
   json::object o;
   o["backend"] = to_string(s.backend);
   o["submitted"] = s.submitted;
@@ -448,14 +448,14 @@ int run_appose(const Options& opts) {
   OutputSegments segments(record);
   Sessions sessions;
   const std::optional<std::string> host_init = take_host_init_script();
-  SupervisorOptions so;
+  RouterOptions so;
   so.loop = opts.loop;
-  auto created = Supervisor::create(so);
+  auto created = ApposeRouter::create(so);
   if (!created) {
     spdlog::critical("cannot start the supervisor: {}", created.error().message);
     return 1;
   }
-  std::unique_ptr<Supervisor> sup = std::move(*created);
+  std::unique_ptr<ApposeRouter> sup = std::move(*created);
   std::atomic<bool> accepting{true};
   std::mutex ops_mu;
   std::vector<std::thread> ops;  // blocking operations (workers.start)

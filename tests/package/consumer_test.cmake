@@ -14,7 +14,7 @@ foreach(f include/tessera/client.hpp include/tessera/worker.hpp include/tessera/
     message(FATAL_ERROR "not installed: ${f}")
   endif()
 endforeach()
-foreach(f include/tessera/supervisor.hpp include/tessera/event_loop.hpp include/tessera/appose.hpp)
+foreach(f include/tessera/process_supervisor.hpp include/tessera/appose_router.hpp include/tessera/event_loop.hpp include/tessera/appose.hpp)
   if(EXISTS ${prefix}/${f})
     message(FATAL_ERROR "a private header was installed: ${f}")
   endif()

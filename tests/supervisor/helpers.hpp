@@ -16,14 +16,14 @@
 
 #include <gtest/gtest.h>
 
-#include <tessera/supervisor.hpp>
+#include <tessera/appose_router.hpp>
 
 namespace tessera::test {
 
 inline std::string fake_worker_path() { return TESSERA_FAKE_WORKER; }
 
-inline WorkerSpec fake_worker(std::vector<std::string> extra_args = {}) {
-  WorkerSpec s;
+inline ApposeWorkerSpec fake_worker(std::vector<std::string> extra_args = {}) {
+  ApposeWorkerSpec s;
   s.argv = {"/usr/bin/python3", "-u", fake_worker_path()};
   s.argv.insert(s.argv.end(), extra_args.begin(), extra_args.end());
   s.ready_timeout = std::chrono::milliseconds(10'000);

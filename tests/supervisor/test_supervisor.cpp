@@ -1,4 +1,4 @@
-// Supervisor conformance over real pipes with scripted fake workers, on both
+// ApposeRouter + ProcessSupervisor conformance over real pipes with scripted fake workers, on both
 // event-loop back ends. Every test checks the exact response sequence and that
 // no fd or worker process leaked.
 #include "helpers.hpp"
@@ -15,10 +15,10 @@ namespace ap = tessera::appose;
 namespace json = boost::json;
 using RT = ap::ResponseType;
 using tessera::LoopChoice;
-using tessera::Supervisor;
-using tessera::SupervisorOptions;
+using tessera::ApposeRouter;
+using tessera::RouterOptions;
 using tessera::WorkerEventKind;
-using tessera::WorkerSpec;
+using tessera::ApposeWorkerSpec;
 using namespace tessera::test;
 
 namespace {
@@ -38,17 +38,17 @@ class SupervisorTest : public ::testing::TestWithParam<LoopChoice> {
     EXPECT_EQ(open_fds(), fds_before_) << "file descriptors leaked";
   }
 
-  Supervisor& make(SupervisorOptions o = {}) {
+  ApposeRouter& make(RouterOptions o = {}) {
     o.loop = GetParam();
     o.respawn_backoff = 20ms;
-    auto s = Supervisor::create(o);
+    auto s = ApposeRouter::create(o);
     EXPECT_TRUE(s) << s.error().message;
     sup = std::move(*s);
     sup->set_event_handler(events.handler());
     return *sup;
   }
 
-  int add(WorkerSpec spec) {
+  int add(ApposeWorkerSpec spec) {
     auto w = sup->add_worker(std::move(spec));
     EXPECT_TRUE(w) << w.error().message;
     return w ? *w : -1;
@@ -60,7 +60,7 @@ class SupervisorTest : public ::testing::TestWithParam<LoopChoice> {
     return id ? *id : std::string();
   }
 
-  std::unique_ptr<Supervisor> sup;
+  std::unique_ptr<ApposeRouter> sup;
   Recorder rec;
   EventLog events;
   std::set<int> fds_before_;
@@ -271,7 +271,7 @@ TEST_P(SupervisorTest, AutoRespawnBringsTheWorkerBack) {
 }
 
 TEST_P(SupervisorTest, WithoutAutoRespawnTheOwnerRespawnsAndQueuedWorkRuns) {
-  SupervisorOptions o;
+  RouterOptions o;
   o.auto_respawn = false;
   make(o);
   const int w = add(fake_worker());
@@ -287,7 +287,7 @@ TEST_P(SupervisorTest, WithoutAutoRespawnTheOwnerRespawnsAndQueuedWorkRuns) {
 // ---- cancel at each point --------------------------------------------------------
 
 TEST_P(SupervisorTest, CancelOfAQueuedTaskReportsCancelationOnce) {
-  SupervisorOptions o;
+  RouterOptions o;
   o.auto_respawn = false;
   make(o);
   const int w = add(fake_worker());
@@ -393,7 +393,7 @@ TEST_P(SupervisorTest, InitThatNeverCompletesHitsTheReadyTimeout) {
 
 TEST_P(SupervisorTest, MissingExecutableFailsLoudly) {
   make();
-  WorkerSpec spec;
+  ApposeWorkerSpec spec;
   spec.argv = {"/nonexistent/tessera-worker"};
   auto w = sup->add_worker(spec);
   ASSERT_FALSE(w);
@@ -493,7 +493,7 @@ TEST_P(SupervisorTest, GracefulShutdownLetsInFlightTasksFinishAndStopsWorkers) {
 }
 
 TEST_P(SupervisorTest, ShutdownCancelsTasksThatOutliveTheGrace) {
-  SupervisorOptions o;
+  RouterOptions o;
   o.shutdown_grace = 100ms;
   make(o);
   auto spec = fake_worker();
@@ -511,6 +511,48 @@ TEST_P(SupervisorTest, ShutdownCancelsTasksThatOutliveTheGrace) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, SupervisorTest, ::testing::Values(LoopChoice::io_uring, LoopChoice::epoll),
                          loop_param_name);
+
+// ---- the lifecycle alone (the tile path's use: no router) --------------------------
+
+TEST(ProcessSupervisorAlone, InitReadinessDeathAndOwnerRespawnWithoutARouter) {
+  const auto fds_before = open_fds();
+  tessera::ProcessOptions o;
+  o.auto_respawn = false;  // as pool::ArenaPool: the owner respawns
+  o.respawn_backoff = 20ms;
+  auto created = tessera::ProcessSupervisor::create(o);
+  ASSERT_TRUE(created) << created.error().message;
+  auto proc = std::move(*created);
+  EventLog events;
+  proc->set_event_handler(events.handler());
+  tessera::WorkerSpec spec = fake_worker();  // the lifecycle part only: no task knobs
+  spec.init_scripts = {"noop", "updates 2"};
+  auto w = proc->add_worker(spec);
+  ASSERT_TRUE(w) << w.error().message;
+  ASSERT_TRUE(events.wait(WorkerEventKind::ready));
+  const int pid = proc->worker_pid(*w);
+  EXPECT_GT(pid, 0);
+  EXPECT_EQ(proc->stats().workers_ready, 1);
+  ASSERT_TRUE(proc->kill_worker(*w, SIGKILL));
+  auto died = events.wait(WorkerEventKind::died);
+  ASSERT_TRUE(died);
+  EXPECT_EQ(died->ev.signal, SIGKILL);
+  EXPECT_EQ(died->ev.pid, pid);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(events.count(WorkerEventKind::respawned), 0) << "auto_respawn is off";
+  EXPECT_EQ(proc->worker_pid(*w), -1);
+  ASSERT_TRUE(proc->respawn(*w));
+  ASSERT_TRUE(events.wait(WorkerEventKind::respawned));
+  const int pid2 = proc->worker_pid(*w);
+  EXPECT_GT(pid2, 0);
+  EXPECT_NE(pid2, pid);
+  const auto st = proc->stats();
+  EXPECT_EQ(st.worker_deaths, 1u);
+  EXPECT_EQ(st.respawns, 1u);
+  proc->shutdown();
+  EXPECT_FALSE(process_exists(pid2));
+  proc.reset();
+  EXPECT_EQ(open_fds(), fds_before) << "file descriptors leaked";
+}
 
 // ---- process spawning (backend independent) ---------------------------------------
 

@@ -1,4 +1,4 @@
-// ArenaPool: worker processes in an arena, on top of the Supervisor (scrubbed
+// ArenaPool: worker processes in an arena, on top of the ProcessSupervisor (scrubbed
 // environment, parent-death signal, pidfd, Appose init + readiness, backoff and
 // crash-loop detection). The supervisor never respawns on its own here: the owner
 // first recovers the dead worker's tiles and blocks, then recover() respawns it on
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include <tessera/slab.hpp>
-#include <tessera/supervisor.hpp>
+#include <tessera/process_supervisor.hpp>
 
 namespace tessera::pool {
 
@@ -35,7 +35,7 @@ std::uint64_t reclaim_dead_worker(Arena& arena, std::uint32_t slot, std::span<co
 
 class ArenaPool::Impl {
  public:
-  Impl(Arena& arena, EventHandler on_event, std::unique_ptr<Supervisor> sup)
+  Impl(Arena& arena, EventHandler on_event, std::unique_ptr<ProcessSupervisor> sup)
       : arena_(arena), on_event_(std::move(on_event)), sup_(std::move(sup)) {
     sup_->set_event_handler([this](const WorkerEvent& e) { on_supervisor_event(e); });
     respawner_ = std::thread([this] { respawn_loop(); });
@@ -65,8 +65,6 @@ class ArenaPool::Impl {
     ws.init_scripts = spec.init_scripts;
     ws.init_scripts.push_back(kReadyScript);
     ws.ready_timeout = spec.ready_timeout;
-    ws.max_task_retries = 0;  // tiles are retried by the clients, never by the supervisor
-    ws.cancel_grace = spec.cancel_grace;
     ws.name = "worker-" + std::to_string(index);
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -163,7 +161,7 @@ class ArenaPool::Impl {
 
   Arena& arena_;
   EventHandler on_event_;
-  std::unique_ptr<Supervisor> sup_;
+  std::unique_ptr<ProcessSupervisor> sup_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Respawn> queue_;
@@ -177,9 +175,9 @@ ArenaPool::ArenaPool(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ArenaPool::~ArenaPool() = default;
 
 Result<std::unique_ptr<ArenaPool>> ArenaPool::create(Arena& arena, EventHandler on_event) {
-  SupervisorOptions so;
+  ProcessOptions so;
   so.auto_respawn = false;  // recover() respawns, after the owner reclaimed rings and blocks
-  auto sup = Supervisor::create(so);
+  auto sup = ProcessSupervisor::create(so);
   if (!sup) return fail(std::move(sup).error());
   return std::unique_ptr<ArenaPool>(new ArenaPool(std::make_unique<Impl>(arena, std::move(on_event), std::move(*sup))));
 }

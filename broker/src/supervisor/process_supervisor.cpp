@@ -1,6 +1,6 @@
-// Supervisor: all state lives on the event-loop thread; the public API posts
-// closures to it. See docs/design/broker.md.
-#include <tessera/supervisor.hpp>
+// ProcessSupervisor: the worker process lifecycle. All state lives on the
+// event-loop thread; the public API posts closures to it. See docs/design/broker.md.
+#include <tessera/process_supervisor.hpp>
 
 #include <signal.h>
 #include <unistd.h>
@@ -10,10 +10,8 @@
 #include <future>
 #include <mutex>
 #include <random>
-#include <set>
 #include <shared_mutex>
 #include <thread>
-#include <unordered_map>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -22,7 +20,6 @@
 
 namespace tessera {
 
-namespace json = boost::json;
 namespace ap = appose;
 using namespace std::chrono_literals;
 
@@ -61,9 +58,6 @@ struct Worker {
   EventLoop::Id ready_timer = 0, flush_timer = 0, respawn_timer = 0, kill_timer = 0;
   ap::LineFramer out_framer, err_framer;
   std::deque<std::string> err_tail;
-  std::set<std::string> tasks;  // ids in flight on this worker
-  std::set<std::string> retired;         // recently finished here: late lines are "dropped"
-  std::deque<std::string> retired_order; // bounds `retired`
   std::string outbox;           // request bytes the pipe did not take yet
   std::size_t init_step = 0;
   std::string init_task;
@@ -73,28 +67,11 @@ struct Worker {
   bool ever_ready = false;
   bool respawn_requested = false;
   bool removing = false;            // remove_worker(): stopped for good once it exits
-  bool killed_by_us = false;        // deadline / cancel escalation / stop: not a crash of its own
-  std::uint64_t finished_here = 0;  // tasks that got their terminal on this process
+  bool killed_by_us = false;        // policy kill / stop: not a crash of its own
   std::chrono::steady_clock::time_point ready_at{};
   std::vector<std::function<void(Result<void>)>> waiters;
 
   bool alive() const { return state == WState::starting || state == WState::ready || state == WState::stopping; }
-};
-
-struct Task {
-  std::string id;
-  std::string script;
-  json::object inputs;
-  std::optional<std::string> queue;  // Appose `queue` ("main"), forwarded as is
-  TaskCallback cb;
-  int pinned = -1;
-  int worker = -1;
-  int attempts = 0;
-  ap::TaskStateMachine sm;
-  bool cancel_requested = false;
-  bool timed_out = false;
-  std::chrono::milliseconds deadline{0};
-  EventLoop::Id deadline_timer = 0, cancel_timer = 0;
 };
 
 std::string join_tail(const std::deque<std::string>& tail) {
@@ -108,9 +85,9 @@ std::string join_tail(const std::deque<std::string>& tail) {
 
 }  // namespace
 
-class Supervisor::Impl {
+class ProcessSupervisor::Impl {
  public:
-  SupervisorOptions opt;
+  ProcessOptions opt;
   std::unique_ptr<EventLoop> loop;
   std::thread thread;
   std::thread::id loop_tid;
@@ -122,23 +99,12 @@ class Supervisor::Impl {
   // ---- loop-thread state ----
   std::map<int, std::unique_ptr<Worker>> workers;
   int next_worker = 0;
-  std::unordered_map<std::string, std::unique_ptr<Task>> tasks;
-  std::deque<std::string> queue;
-  SupervisorStats st;
+  ProcessObserver* observer = nullptr;  // the task router, if any
+  ProcessStats st;
   bool shutting_down = false;
   bool stopping_workers = false;
   std::function<void()> shutdown_done;
   std::mt19937_64 rng{std::random_device{}()};
-  std::atomic<bool> closing{false};        // set when shutdown starts (any thread reads)
-  std::mutex id_mu;
-  std::mt19937_64 id_rng{std::random_device{}()};
-
-  // Task ids for callers on other threads: 32 lowercase hex digits, like uuid4().hex.
-  std::string make_id() {
-    std::lock_guard<std::mutex> lock(id_mu);
-    return fmt::format("{:016x}{:016x}", id_rng(), id_rng());
-  }
-
   // Runs f on the loop thread and returns its result.
   template <class F>
   auto call(F&& f) const -> decltype(f()) {
@@ -240,7 +206,6 @@ class Supervisor::Impl {
     w.respawn_timer = 0;
     w.respawn_requested = false;
     w.killed_by_us = false;
-    w.finished_here = 0;
     auto c = detail::spawn_process({w.spec.argv, w.spec.env, w.spec.env_allow, w.spec.pass_fds});
     if (!c) {
       on_start_failure(w, c.error().message);
@@ -322,7 +287,7 @@ class Supervisor::Impl {
       stop_worker(w);
       return;
     }
-    dispatch_queue();
+    if (observer != nullptr) observer->on_ready(w.id);
   }
 
   void on_start_failure(Worker& w, const std::string& why) {
@@ -349,7 +314,7 @@ class Supervisor::Impl {
       ev.stderr_tail.assign(w.err_tail.begin(), w.err_tail.end());
       emit(ev);
       fail_waiters(w, fail(Errc::worker_failed, msg));
-      fail_unrunnable_queued();
+      if (observer != nullptr) observer->on_unavailable(w.id, false);
       return;
     }
     if (opt.auto_respawn || !w.waiters.empty()) {
@@ -457,18 +422,12 @@ class Supervisor::Impl {
       on_init_response(w, r);
       return;
     }
-    auto it = tasks.find(r.task);
-    if (it == tasks.end() && w.retired.count(r.task) != 0) {
-      ++st.dropped_responses;  // late / contradictory message after the task's terminal
-      spdlog::debug("[{}] {} after the terminal of task {}: dropped", w.name, ap::to_string(r.type), r.task);
+    if (observer != nullptr) {
+      observer->on_response(w.id, std::move(r));
       return;
     }
-    if (it == tasks.end() || it->second->worker != w.id) {
-      ++st.unknown_task_lines;
-      spdlog::warn("[{}] {} for unknown task '{}' ignored", w.name, ap::to_string(r.type), r.task);
-      return;
-    }
-    apply(*it->second, std::move(r));
+    ++st.unknown_task_lines;
+    spdlog::warn("[{}] {} for unknown task '{}' ignored", w.name, ap::to_string(r.type), r.task);
   }
 
   void on_init_response(Worker& w, const ap::Response& r) {
@@ -520,24 +479,20 @@ class Supervisor::Impl {
     ev.signal = es.exited ? 0 : es.signal;
     ev.stderr_tail.assign(w.err_tail.begin(), w.err_tail.end());
     emit(ev);
-    // Every task it held gets exactly one outcome.
-    auto held = std::move(w.tasks);
-    w.tasks.clear();
     const std::string report = tail.empty() ? why : why + "; last stderr lines:\n" + tail;
-    for (const auto& tid : held) {
-      auto it = tasks.find(tid);
-      if (it != tasks.end()) task_lost(*it->second, w, report);
-    }
+    // The subscriber gives every task it held exactly one outcome.
+    const bool did_work = observer != nullptr && observer->on_died(w.id, report);
     if (w.removing) {  // remove_worker(): never respawned; work pinned to it fails
       w.state = WState::removed;
       fail_waiters(w, fail(Errc::closed, fmt::format("{} was removed", w.name)));
-      fail_unrunnable_queued();
-      dispatch_queue();
+      if (observer != nullptr) {
+        observer->on_unavailable(w.id, true);
+        observer->on_settled();
+      }
       check_shutdown();
       return;
     }
-    const bool short_lived = was == WState::ready && !w.respawn_requested && !w.killed_by_us && held.empty() &&
-                             w.finished_here == 0 &&
+    const bool short_lived = was == WState::ready && !w.respawn_requested && !w.killed_by_us && !did_work &&
                              std::chrono::steady_clock::now() - w.ready_at < opt.min_uptime;
     if (was == WState::ready && !short_lived) w.start_failures = 0;  // it ran fine for a while
     if (was == WState::starting || (short_lived && !shutting_down)) {
@@ -547,231 +502,8 @@ class Supervisor::Impl {
     } else if (opt.auto_respawn || w.respawn_requested || !w.waiters.empty()) {
       schedule_respawn(w);
     }
-    dispatch_queue();
+    if (observer != nullptr) observer->on_settled();
     check_shutdown();
-  }
-
-  // ---------------------------------------------------------------- tasks
-  void task_lost(Task& t, Worker& w, const std::string& report) {
-    w.tasks.erase(t.id);
-    t.worker = -1;
-    ap::Response r;
-    r.task = t.id;
-    if (t.cancel_requested) {
-      r.type = ap::ResponseType::cancelation;
-    } else if (t.timed_out) {
-      r.type = ap::ResponseType::failure;
-      r.error = fmt::format("task deadline of {} ms exceeded; {}", t.deadline.count(), report);
-    } else if (t.attempts < w.spec.max_task_retries && !shutting_down) {
-      ++t.attempts;
-      ++st.retried;
-      spdlog::info("task {}: retry {} of {} after {}", t.id, t.attempts, w.spec.max_task_retries, report);
-      queue.push_front(t.id);
-      return;
-    } else {
-      r.type = ap::ResponseType::failure;
-      r.error = report;
-    }
-    apply(t, std::move(r));
-  }
-
-  // The only way a response reaches a task's callback: enforces the state machine.
-  void apply(Task& t, ap::Response r) {
-    r.task = t.id;
-    const ap::Verdict v = t.sm.on_response(r.type);
-    if (ap::is_drop(v)) {
-      ++st.dropped_responses;
-      spdlog::debug("task {}: {} dropped ({})", t.id, ap::to_string(r.type), ap::to_string(v));
-      return;
-    }
-    if (v == ap::Verdict::forward_after_launch) {
-      ap::Response launch;
-      launch.task = t.id;
-      launch.type = ap::ResponseType::launch;
-      if (t.cb) t.cb(launch);
-    }
-    if (!ap::is_terminal(r.type)) {
-      if (t.cb) t.cb(r);
-      return;
-    }
-    // Terminal: retire the task before the callback (which may submit more work).
-    if (t.deadline_timer != 0) loop->cancel(t.deadline_timer);
-    if (t.cancel_timer != 0) loop->cancel(t.cancel_timer);
-    if (t.worker >= 0) {
-      if (Worker* w = find_worker(t.worker)) {
-        w->tasks.erase(t.id);
-        ++w->finished_here;
-        w->retired.insert(t.id);
-        w->retired_order.push_back(t.id);
-        if (w->retired_order.size() > 4096) {
-          w->retired.erase(w->retired_order.front());
-          w->retired_order.pop_front();
-        }
-      }
-    }
-    switch (r.type) {
-      case ap::ResponseType::completion: ++st.completed; break;
-      case ap::ResponseType::failure: ++st.failed; break;
-      default: ++st.canceled; break;
-    }
-    auto owned = std::move(tasks.at(t.id));
-    tasks.erase(owned->id);
-    if (owned->cb) owned->cb(r);
-    check_shutdown();
-  }
-
-  Worker* pick_worker(const Task& t) {
-    if (t.pinned >= 0) {
-      Worker* w = find_worker(t.pinned);
-      return (w != nullptr && w->state == WState::ready) ? w : nullptr;
-    }
-    Worker* best = nullptr;
-    for (auto& [id, w] : workers) {
-      if (w->state != WState::ready) continue;
-      if (best == nullptr || w->tasks.size() < best->tasks.size()) best = w.get();
-    }
-    return best;
-  }
-
-  void dispatch_queue() {
-    if (shutting_down) return;
-    for (auto it = queue.begin(); it != queue.end();) {
-      auto ti = tasks.find(*it);
-      if (ti == tasks.end()) {
-        it = queue.erase(it);
-        continue;
-      }
-      Task& t = *ti->second;
-      Worker* w = pick_worker(t);
-      if (w == nullptr) {
-        ++it;
-        continue;
-      }
-      it = queue.erase(it);
-      send_task(*w, t);
-    }
-  }
-
-  void send_task(Worker& w, Task& t) {
-    t.worker = w.id;
-    w.tasks.insert(t.id);
-    if (t.deadline_timer == 0 && w.spec.task_deadline.count() > 0) {
-      t.deadline = w.spec.task_deadline;
-      const std::string id = t.id;
-      auto timer = loop->add_timer(t.deadline, [this, id] { on_deadline(id); });
-      if (timer) t.deadline_timer = *timer;
-    }
-    ap::Request r;
-    r.task = t.id;
-    r.script = t.script;
-    r.inputs = t.inputs;
-    r.queue = t.queue;
-    write_line(w, ap::encode(r));
-  }
-
-  void on_deadline(const std::string& id) {
-    auto it = tasks.find(id);
-    if (it == tasks.end()) return;
-    Task& t = *it->second;
-    t.deadline_timer = 0;
-    t.timed_out = true;
-    ++st.deadline_kills;
-    Worker* w = t.worker >= 0 ? find_worker(t.worker) : nullptr;
-    if (w == nullptr) {
-      ap::Response r;
-      r.type = ap::ResponseType::failure;
-      r.error = fmt::format("task deadline of {} ms exceeded while queued", t.deadline.count());
-      std::erase(queue, id);
-      apply(t, std::move(r));
-      return;
-    }
-    spdlog::warn("task {}: deadline of {} ms exceeded on {}: killing the worker", id, t.deadline.count(), w->name);
-    kill_group(*w);
-  }
-
-  void fail_unrunnable_queued() {
-    for (auto it = queue.begin(); it != queue.end();) {
-      auto ti = tasks.find(*it);
-      if (ti == tasks.end()) {
-        it = queue.erase(it);
-        continue;
-      }
-      Task& t = *ti->second;
-      bool runnable = false;
-      for (auto& [id, w] : workers) {
-        if (t.pinned >= 0 && id != t.pinned) continue;
-        if (w->state != WState::gave_up && w->state != WState::removed) runnable = true;
-      }
-      if (runnable) {
-        ++it;
-        continue;
-      }
-      it = queue.erase(it);
-      ap::Response r;
-      r.type = ap::ResponseType::failure;
-      r.error = "no worker can run this task: every candidate gave up";
-      apply(t, std::move(r));
-    }
-  }
-
-  Result<std::string> submit(int worker, std::string script, json::object inputs, TaskCallback cb,
-                             std::string id, std::optional<std::string> appose_queue = std::nullopt) {
-    if (shutting_down) return fail(Errc::closed, "supervisor is shutting down");
-    if (worker >= 0) {
-      Worker* w = find_worker(worker);
-      if (w == nullptr || w->state == WState::removed) return fail(Errc::not_found, fmt::format("no worker {}", worker));
-      if (w->state == WState::gave_up) return fail(Errc::unavailable, fmt::format("{} gave up", w->name));
-    } else {
-      bool any = false;
-      for (auto& [wid, w] : workers) any = any || (w->state != WState::gave_up && w->state != WState::removed);
-      if (!any) return fail(Errc::unavailable, "no workers");
-    }
-    auto t = std::make_unique<Task>();
-    t->id = id.empty() ? new_id() : std::move(id);
-    t->script = std::move(script);
-    t->inputs = std::move(inputs);
-    t->queue = std::move(appose_queue);
-    t->cb = std::move(cb);
-    t->pinned = worker;
-    const std::string tid = t->id;
-    tasks.emplace(tid, std::move(t));
-    ++st.submitted;
-    queue.push_back(tid);
-    dispatch_queue();
-    return tid;
-  }
-
-  void cancel(const std::string& id) {
-    auto it = tasks.find(id);
-    if (it == tasks.end()) return;
-    Task& t = *it->second;
-    if (t.worker < 0) {
-      std::erase(queue, id);
-      ap::Response r;
-      r.type = ap::ResponseType::cancelation;
-      apply(t, std::move(r));
-      return;
-    }
-    if (t.cancel_requested) return;
-    t.cancel_requested = true;
-    Worker* w = find_worker(t.worker);
-    if (w == nullptr) return;
-    ap::Request r;
-    r.task = id;
-    r.type = ap::RequestType::cancel;
-    write_line(*w, ap::encode(r));
-    auto timer = loop->add_timer(w->spec.cancel_grace, [this, id] {
-      auto ti = tasks.find(id);
-      if (ti == tasks.end()) return;
-      ti->second->cancel_timer = 0;
-      Worker* wp = ti->second->worker >= 0 ? find_worker(ti->second->worker) : nullptr;
-      if (wp == nullptr) return;
-      ++st.cancel_kills;
-      spdlog::warn("task {}: not canceled within {} ms: killing {}", id, wp->spec.cancel_grace.count(), wp->name);
-      wp->respawn_requested = opt.auto_respawn;
-      kill_group(*wp);
-    });
-    if (timer) t.cancel_timer = *timer;
   }
 
   // ---------------------------------------------------------------- shutdown
@@ -786,34 +518,14 @@ class Supervisor::Impl {
       return;
     }
     shutting_down = true;
-    // relaxed: a hint for submit() on other threads; the loop re-checks shutting_down.
-    closing.store(true, std::memory_order_relaxed);
     shutdown_done = std::move(done);
-    spdlog::info("supervisor: shutting down ({} tasks in flight, {} queued)", tasks.size() - queue.size(),
-                 queue.size());
-    auto queued = std::move(queue);
-    queue.clear();
-    for (const auto& id : queued) {
-      auto it = tasks.find(id);
-      if (it == tasks.end()) continue;
-      ap::Response r;
-      r.type = ap::ResponseType::cancelation;
-      apply(*it->second, std::move(r));
-    }
-    if (!tasks.empty()) {
-      auto timer = loop->add_timer(opt.shutdown_grace, [this] {
-        std::vector<std::string> ids;
-        for (auto& [id, t] : tasks) ids.push_back(id);
-        for (const auto& id : ids) cancel(id);
-      });
-      (void)timer;
-    }
+    if (observer != nullptr) observer->on_shutdown();
     check_shutdown();
   }
 
   void check_shutdown() {
     if (!shutting_down) return;
-    if (!tasks.empty()) return;
+    if (observer != nullptr && !observer->idle()) return;
     if (!stopping_workers) {
       stopping_workers = true;
       for (auto& [id, w] : workers) {
@@ -853,9 +565,9 @@ class Supervisor::Impl {
 // ---------------------------------------------------------------------------------
 // Public API
 
-Supervisor::Supervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessSupervisor::ProcessSupervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options) {
+Result<std::unique_ptr<ProcessSupervisor>> ProcessSupervisor::create(ProcessOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->opt = options;
   auto loop = EventLoop::create(options.loop);
@@ -876,14 +588,14 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
     if (auto r = raw->loop->run(); !r) spdlog::critical("supervisor event loop failed: {}", r.error().message);
   });
   fut.wait();
-  return std::unique_ptr<Supervisor>(new Supervisor(std::move(impl)));
+  return std::unique_ptr<ProcessSupervisor>(new ProcessSupervisor(std::move(impl)));
 }
 
-Supervisor::~Supervisor() { shutdown(); }
+ProcessSupervisor::~ProcessSupervisor() { shutdown(); }
 
-LoopBackend Supervisor::backend() const noexcept { return impl_->loop->backend(); }
+LoopBackend ProcessSupervisor::backend() const noexcept { return impl_->loop->backend(); }
 
-Result<int> Supervisor::add_worker(WorkerSpec spec) {
+Result<int> ProcessSupervisor::add_worker(WorkerSpec spec) {
   Impl& im = *impl_;
   if (std::this_thread::get_id() == im.loop_tid) {
     return fail(Errc::invalid_argument, "add_worker() must not be called from a supervisor callback");
@@ -901,6 +613,7 @@ Result<int> Supervisor::add_worker(WorkerSpec spec) {
     w->name = spec.name.empty() ? fmt::format("worker-{}", w->id) : spec.name;
     w->spec = std::move(spec);
     const int id = w->id;
+    if (im.observer != nullptr) im.observer->on_registered(id);
     w->waiters.push_back([p, id](Result<void> r) {
       if (r) p->set_value(id);
       else p->set_value(fail(r.error()));
@@ -912,46 +625,7 @@ Result<int> Supervisor::add_worker(WorkerSpec spec) {
   return fut.get();
 }
 
-Result<std::string> Supervisor::submit(int worker, std::string script, json::object inputs, TaskCallback cb) {
-  return submit(worker, std::move(script), std::move(inputs), std::nullopt, std::move(cb));
-}
-
-Result<std::string> Supervisor::submit(int worker, std::string script, json::object inputs,
-                                       std::optional<std::string> queue, TaskCallback cb) {
-  Impl& im = *impl_;
-  if (std::this_thread::get_id() == im.loop_tid) {
-    return im.submit(worker, std::move(script), std::move(inputs), std::move(cb), {}, std::move(queue));
-  }
-  // Fire and forget: one hop to the loop thread instead of a blocking round trip.
-  // Problems found there (no such worker, ...) arrive as LAUNCH + FAILURE.
-  // relaxed: a hint only; the loop thread re-checks under its own state.
-  if (im.closing.load(std::memory_order_relaxed)) return fail(Errc::closed, "supervisor is shutting down");
-  std::string id = im.make_id();
-  std::shared_lock<std::shared_mutex> lock(im.api_mu);
-  if (im.finished) return fail(Errc::closed, "supervisor is shut down");
-  im.loop->post([&im, worker, id, script = std::move(script), inputs = std::move(inputs), queue = std::move(queue),
-                 cb = std::move(cb)]() mutable {
-    auto r = im.submit(worker, std::move(script), std::move(inputs), cb, id, std::move(queue));
-    if (!r && cb) {
-      ap::Response l;
-      l.task = id;
-      l.type = ap::ResponseType::launch;
-      cb(l);
-      ap::Response f;
-      f.task = id;
-      f.type = ap::ResponseType::failure;
-      f.error = r.error().message;
-      cb(f);
-    }
-  });
-  return id;
-}
-
-void Supervisor::cancel(const std::string& task) {
-  impl_->call([&] { impl_->cancel(task); });
-}
-
-Result<void> Supervisor::respawn(int worker) {
+Result<void> ProcessSupervisor::respawn(int worker) {
   Impl& im = *impl_;
   if (std::this_thread::get_id() == im.loop_tid) {
     return fail(Errc::invalid_argument, "respawn() must not be called from a supervisor callback");
@@ -984,7 +658,7 @@ Result<void> Supervisor::respawn(int worker) {
   return fut.get();
 }
 
-Result<void> Supervisor::remove_worker(int worker) {
+Result<void> ProcessSupervisor::remove_worker(int worker) {
   Impl& im = *impl_;
   return im.call([&]() -> Result<void> {
     Worker* w = im.find_worker(worker);
@@ -996,18 +670,18 @@ Result<void> Supervisor::remove_worker(int worker) {
       im.stop_worker(*w);  // stdin EOF: it finishes what it holds, then exits (killed after stop_grace)
     } else {
       w->state = WState::removed;
-      im.fail_unrunnable_queued();
+      if (im.observer != nullptr) im.observer->on_unavailable(worker, true);
     }
     return {};
   });
 }
 
-void Supervisor::set_event_handler(std::function<void(const WorkerEvent&)> handler) {
+void ProcessSupervisor::set_event_handler(std::function<void(const WorkerEvent&)> handler) {
   std::lock_guard<std::mutex> lock(impl_->handler_mu);
   impl_->handler = std::move(handler);
 }
 
-Result<void> Supervisor::kill_worker(int worker, int sig) {
+Result<void> ProcessSupervisor::kill_worker(int worker, int sig) {
   return impl_->call([&]() -> Result<void> {
     Worker* w = impl_->find_worker(worker);
     if (w == nullptr || !w->alive() || w->proc.pidfd < 0) {
@@ -1018,36 +692,34 @@ Result<void> Supervisor::kill_worker(int worker, int sig) {
   });
 }
 
-int Supervisor::worker_pid(int worker) const {
+int ProcessSupervisor::worker_pid(int worker) const {
   return impl_->call([&] {
     Worker* w = impl_->find_worker(worker);
     return (w != nullptr && w->alive()) ? static_cast<int>(w->proc.pid) : -1;
   });
 }
 
-SupervisorStats Supervisor::stats() const {
+ProcessStats ProcessSupervisor::stats() const {
   return impl_->call([&] {
-    SupervisorStats s = impl_->st;
+    ProcessStats s = impl_->st;
     s.workers = 0;
     s.workers_ready = 0;
     for (auto& [id, w] : impl_->workers) {
       if (w->state != WState::removed) ++s.workers;
       if (w->state == WState::ready) ++s.workers_ready;
     }
-    s.tasks_queued = static_cast<int>(impl_->queue.size());
-    s.tasks_in_flight = static_cast<int>(impl_->tasks.size()) - s.tasks_queued;
     return s;
   });
 }
 
-void Supervisor::shutdown() {
+void ProcessSupervisor::shutdown() {
   Impl& im = *impl_;
   {
     std::shared_lock<std::shared_mutex> lock(im.api_mu);
     if (im.finished) return;
   }
   if (std::this_thread::get_id() == im.loop_tid) {
-    spdlog::error("Supervisor::shutdown() called from a supervisor callback: ignored");
+    spdlog::error("ProcessSupervisor::shutdown() called from a supervisor callback: ignored");
     return;
   }
   std::promise<void> done;
@@ -1060,5 +732,45 @@ void Supervisor::shutdown() {
   if (im.thread.joinable()) im.thread.join();
   im.finished = true;
 }
+
+void ProcessSupervisor::subscribe(ProcessObserver* observer) {
+  impl_->call([&] { impl_->observer = observer; });
+}
+
+bool ProcessSupervisor::on_loop_thread() const { return std::this_thread::get_id() == impl_->loop_tid; }
+
+void ProcessSupervisor::run_on_loop(const std::function<void()>& f) const { impl_->call(f); }
+
+bool ProcessSupervisor::post(std::function<void()> f) {
+  std::shared_lock<std::shared_mutex> lock(impl_->api_mu);
+  if (impl_->finished) return false;
+  impl_->loop->post(std::move(f));
+  return true;
+}
+
+EventLoop& ProcessSupervisor::loop() { return *impl_->loop; }
+
+bool ProcessSupervisor::send(int worker, const std::string& line) {
+  Worker* w = impl_->find_worker(worker);
+  if (w == nullptr || !w->alive()) return false;
+  impl_->write_line(*w, line);
+  return true;
+}
+
+void ProcessSupervisor::kill_for_policy(int worker, bool respawn) {
+  Worker* w = impl_->find_worker(worker);
+  if (w == nullptr) return;
+  if (respawn) w->respawn_requested = true;
+  impl_->kill_group(*w);
+}
+
+std::string ProcessSupervisor::worker_name(int worker) const {
+  Worker* w = impl_->find_worker(worker);
+  return w == nullptr ? fmt::format("worker-{}", worker) : w->name;
+}
+
+bool ProcessSupervisor::auto_respawn() const noexcept { return impl_->opt.auto_respawn; }
+
+void ProcessSupervisor::check_shutdown() { impl_->check_shutdown(); }
 
 }  // namespace tessera
