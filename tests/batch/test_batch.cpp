@@ -220,7 +220,7 @@ std::string synthetic_args(int n, int size, int seed0) {
   return s;
 }
 
-// Output files of a slide submitted without --mask.
+// Output files of a slide.
 std::size_t outputs_per_slide() {
   b::SlideJob j;
   j.stem = "x";
@@ -269,11 +269,11 @@ TEST(Batch, ThreeNodesProduceEveryOutputOnceAndByteIdentical) {
   ASSERT_TRUE(bt.server.start()) << bt.logs();
   const int kSlides = 12, kSize = 1024;
   const std::string slides = synthetic_args(kSlides, kSize, 100);
-  auto [rc, out] = bt.submit("--mask --ack-wait 5" + slides);
+  auto [rc, out] = bt.submit("--ack-wait 5" + slides);
   ASSERT_EQ(rc, 0) << out << bt.logs();
   EXPECT_EQ(parse_object(out)["published"].as_int64(), kSlides) << out;
   // Resubmitting the same batch adds nothing.
-  auto [rc2, out2] = bt.submit("--mask --ack-wait 5" + slides);
+  auto [rc2, out2] = bt.submit("--ack-wait 5" + slides);
   ASSERT_EQ(rc2, 0) << out2;
   EXPECT_EQ(parse_object(out2)["published"].as_int64(), 0) << out2;
 
@@ -334,8 +334,8 @@ TEST(Batch, ThreeNodesProduceEveryOutputOnceAndByteIdentical) {
 TEST(Batch, KilledNodesItemIsRedeliveredAndCompleted) {
   Batch bt;
   ASSERT_TRUE(bt.server.start()) << bt.logs();
-  // op 4: the example worker sleeps 50 ms per tile -> 64 tiles / 2 workers ~ 1.6 s a slide.
-  auto [rc, out] = bt.submit("--op 4 --ack-wait 2" + synthetic_args(4, 2048, 200));
+  // op 6: the example worker sleeps 50 ms per tile, then masks it -> a slide takes about a second.
+  auto [rc, out] = bt.submit("--op 6 --ack-wait 2" + synthetic_args(4, 2048, 200));
   ASSERT_EQ(rc, 0) << out;
   Child& victim = bt.start_node("victim");
   auto running = bt.wait_running_on("victim", 30s);
@@ -395,7 +395,7 @@ TEST(Batch, PoisonSlideIsTerminatedAndReported) {
 TEST(Batch, ServerRestartMidBatchCompletes) {
   Batch bt;
   ASSERT_TRUE(bt.server.start()) << bt.logs();
-  auto [rc, out] = bt.submit("--op 4 --ack-wait 3" + synthetic_args(6, 1536, 400));
+  auto [rc, out] = bt.submit("--op 6 --ack-wait 3" + synthetic_args(6, 1536, 400));
   ASSERT_EQ(rc, 0) << out;
   bt.start_node("s1", "--exit-when-idle 6");
   bt.start_node("s2", "--exit-when-idle 6");
@@ -415,7 +415,7 @@ TEST(Batch, ServerRestartMidBatchCompletes) {
 TEST(Batch, SigtermFinishesOrReleasesTheCurrentItem) {
   Batch bt;
   ASSERT_TRUE(bt.server.start()) << bt.logs();
-  auto [rc, out] = bt.submit("--op 4 --ack-wait 30" + synthetic_args(3, 1536, 500));
+  auto [rc, out] = bt.submit("--op 6 --ack-wait 30" + synthetic_args(3, 1536, 500));
   ASSERT_EQ(rc, 0) << out;
   Child& patient = bt.start_node("patient", "--drain-timeout 60");
   auto p_item = bt.wait_running_on("patient", 30s);

@@ -7,6 +7,7 @@
   op 3 (fail):    always raises (error-path tests).
   op 4 (slow):    sleeps up to 50 ms while honouring cancellation, then answers like op 2.
   op 5 (print):   prints to stdout (must land on stderr), then answers like op 2.
+  op 6 (slow mask): sleeps up to 50 ms while honouring cancellation, then answers like op 0.
 
 Run by the broker:
   python3 -m tessera.worker numpy_worker:handler --path worker-sdk/examples
@@ -52,6 +53,15 @@ def slow(tile_input: np.ndarray, tile):
     return trivial(tile_input, tile)
 
 
+def slow_mask(tile_input: np.ndarray, tile):
+    for _ in range(50):
+        if tile.cancel_requested:
+            tile.cancel()
+            return None
+        time.sleep(0.001)
+    return mask(tile_input, tile)
+
+
 def noisy(tile_input: np.ndarray, tile) -> np.ndarray:
     print("a stray print from the handler", tile.seq, "{\"task\": \"not-a-protocol-line\"}")
     return trivial(tile_input, tile)
@@ -61,7 +71,7 @@ def fail(tile_input: np.ndarray, tile):
     raise RuntimeError(f"op 3 always fails (tile {tile.seq})")
 
 
-OPS = {0: mask, 1: mean, 2: trivial, 3: fail, 4: slow, 5: noisy}
+OPS = {0: mask, 1: mean, 2: trivial, 3: fail, 4: slow, 5: noisy, 6: slow_mask}
 
 
 def handler(tile_input: np.ndarray, tile):

@@ -5,6 +5,8 @@
 //   op 2 (trivial): touches nothing, answers a 1-byte tile (overhead benchmarks).
 //   op 3 (fail):    always fails (error-path tests).
 //   op 4 (slow):    sleeps 50 ms while honouring cancellation, then answers like op 2.
+//   op 6 (slow mask): sleeps 50 ms while honouring cancellation, then answers like op 0
+//                   (slides that take long enough to kill or stop a run mid-way).
 // Run by the broker: `tessera-tissue-worker [--threshold N]`.
 #include <algorithm>
 #include <chrono>
@@ -90,10 +92,12 @@ int main(int argc, char** argv) {
       case 1: mean(w, t); break;
       case 2: trivial(w, t); break;
       case 3: throw std::runtime_error("op 3 always fails (tile " + std::to_string(t.seq()) + ")");
-      case 4: {
+      case 4:
+      case 6: {
         for (int i = 0; i < 50 && !t.cancel_requested(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
         if (t.cancel_requested()) { w.cancel(t); return; }
-        trivial(w, t);
+        if (t.op() == 4) trivial(w, t);
+        else mask(w, t);
         break;
       }
       default: w.fail(t, tessera::TileStatus::Unsupported, "unknown op " + std::to_string(t.op()));
