@@ -52,63 +52,6 @@ std::filesystem::path self_dir() {
   return ec ? std::filesystem::path(".") : p.parent_path();
 }
 
-// The worker command for --worker.
-PoolSpec pool_for(const OverlayArgs& a) {
-  PoolSpec p;
-  p.count = a.workers;
-  // Tiles arrive as fast as the readers decode them (a few hundred microseconds apart per
-  // core): a worker that spins longer than a few microseconds between them takes a core
-  // from the decoders. Spin briefly, then sleep on the doorbell.
-  p.env["TESSERA_SPIN_NS"] = "5000";
-  const auto bin = self_dir();
-  const auto py = bin.parent_path() / "python";
-  if (a.worker == "cpp") {
-    p.argv = {(bin / "tessera-tissue-worker").string()};
-  } else if (a.worker == "numpy" || a.worker == "torch") {
-    if (a.worker == "numpy")
-      p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.numpy_worker:handler"};
-    else
-      p.argv = {"/usr/bin/python3", "-m", "tessera.worker",
-                a.batch > 0 ? "tessera_examples.torch_worker:handle_batch" : "tessera_examples.torch_worker:handler", "--init",
-                "tessera_examples.torch_worker:init"};
-    if (a.worker == "torch" && a.batch > 0) {
-      p.argv.push_back("--batch");
-      p.argv.push_back(std::to_string(a.batch));
-    }
-    p.env["PYTHONPATH"] = py.string();
-    p.ready_timeout = std::chrono::milliseconds(120'000);  // importing torch takes seconds
-  } else {
-    // A command line, split on spaces.
-    std::string cur;
-    for (char c : a.worker) {
-      if (c == ' ') {
-        if (!cur.empty()) p.argv.push_back(cur);
-        cur.clear();
-      } else {
-        cur += c;
-      }
-    }
-    if (!cur.empty()) p.argv.push_back(cur);
-    p.env["PYTHONPATH"] = py.string();
-  }
-  p.devices = a.devices;
-  return p;
-}
-
-ArenaConfig arena_for(std::uint64_t in_bytes, std::uint64_t out_bytes, std::uint32_t in_flight, int readers) {
-  auto page = [](std::uint64_t v) { return (v + kPageSize - 1) / kPageSize * kPageSize; };
-  std::map<std::uint64_t, std::uint32_t> classes{{kPageSize, 256}};  // small blocks: error texts, tiny outputs
-  // Input blocks: the tiles in flight plus the readers' queue (8 per reader).
-  classes[page(in_bytes)] += in_flight + 32 + static_cast<std::uint32_t>(8 * readers);
-  classes[page(out_bytes)] += in_flight + 32;
-  ArenaConfig cfg;
-  cfg.classes.clear();
-  for (auto [size, count] : classes) cfg.classes.push_back({size, count});
-  cfg.n_rings = 64;
-  cfg.ring_capacity = 1024;
-  return cfg;
-}
-
 void draw_progress(std::int64_t done, std::int64_t total, Clock::time_point t0) {
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   const int width = 30;
@@ -241,7 +184,7 @@ int run(const OverlayArgs& a) {
 
   const std::uint64_t edge = static_cast<std::uint64_t>(po.grid.input_edge());
   ClientOptions co;
-  co.arena = arena_for(edge * edge * 3, edge * edge, a.in_flight, po.readers);
+  co.arena = overlay::pipeline_arena(edge * edge * 3, edge * edge, a.in_flight, po.readers);
   co.max_in_flight = a.in_flight * 2;
   co.worker_window = std::max<std::uint32_t>(co.worker_window, 2 * static_cast<std::uint32_t>(a.batch));  // room for full batches
   auto client = Client::embedded(co);
@@ -249,7 +192,13 @@ int run(const OverlayArgs& a) {
     fmt::print(stderr, "tessera overlay: cannot create the arena: {}\n", client.error().message);
     return 1;
   }
-  const PoolSpec spec = pool_for(a);
+  auto pool = overlay::example_pool({.worker = a.worker, .count = a.workers, .batch = a.batch, .devices = a.devices},
+                                    self_dir().string());
+  if (!pool) {
+    fmt::print(stderr, "tessera overlay: {}\n", pool.error().message);
+    return 2;
+  }
+  const PoolSpec spec = std::move(*pool);
   std::string cmd;
   for (const auto& part : spec.argv) cmd += (cmd.empty() ? "" : " ") + part;
   fmt::print("workers:  {} x {}; readers: {}\n", spec.devices.empty() ? spec.count : static_cast<int>(spec.devices.size()),

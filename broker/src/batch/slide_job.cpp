@@ -40,51 +40,15 @@ std::string warm_key(const SlideJob& j) {
 }
 
 Result<std::unique_ptr<Client>> start_warm_client(const SlideJob& job, const std::string& bin_dir) {
-  // Arena: one size class for input tiles (RGB) and one for masks, in_flight + slack
-  // blocks each, as `tessera overlay` sizes it.
   const std::uint64_t edge = static_cast<std::uint64_t>(job.tile + 2 * job.overlap);
-  auto page = [](std::uint64_t v) { return (v + kPageSize - 1) / kPageSize * kPageSize; };
-  std::map<std::uint64_t, std::uint32_t> classes{{kPageSize, 256}};
-  // Input blocks: the tiles in flight plus the readers' queue (8 per reader), as `tessera overlay`.
-  classes[page(edge * edge * 3)] += job.in_flight + 32 + static_cast<std::uint32_t>(8 * overlay::default_readers());
-  classes[page(edge * edge)] += job.in_flight + 32;
   ClientOptions co;
-  co.arena.classes.clear();
-  for (auto [size, count] : classes) co.arena.classes.push_back({size, count});
-  co.arena.n_rings = 64;
-  co.arena.ring_capacity = 1024;
+  co.arena = overlay::pipeline_arena(edge * edge * 3, edge * edge, job.in_flight, overlay::default_readers());
   co.max_in_flight = job.in_flight * 2;
   auto client = Client::embedded(co);
   if (!client) return fail(Errc::system, "cannot create the arena: " + client.error().message);
-
-  PoolSpec p;
-  p.count = job.workers;
-  const fs::path bin(bin_dir);
-  const fs::path py = bin.parent_path() / "python";
-  if (job.worker == "cpp") {
-    p.argv = {(bin / "tessera-tissue-worker").string()};
-  } else if (job.worker == "numpy") {
-    p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.numpy_worker:handler"};
-    p.env["PYTHONPATH"] = py.string();
-  } else if (job.worker == "torch") {
-    p.argv = {"/usr/bin/python3", "-m", "tessera.worker", "tessera_examples.torch_worker:handler", "--init",
-              "tessera_examples.torch_worker:init"};
-    p.env["PYTHONPATH"] = py.string();
-    p.ready_timeout = std::chrono::milliseconds(120'000);  // importing torch takes seconds
-  } else {
-    std::string cur;
-    for (char c : job.worker) {
-      if (c == ' ') {
-        if (!cur.empty()) p.argv.push_back(cur);
-        cur.clear();
-      } else {
-        cur += c;
-      }
-    }
-    if (!cur.empty()) p.argv.push_back(cur);
-    p.env["PYTHONPATH"] = py.string();
-  }
-  if (p.argv.empty()) return fail(Errc::invalid_argument, "job: empty worker command");
+  auto pool = overlay::example_pool({.worker = job.worker, .count = job.workers}, bin_dir);
+  if (!pool) return fail(Errc::invalid_argument, "job: " + pool.error().message);
+  const PoolSpec& p = *pool;
   if (auto r = (*client)->start_pool(p); !r) return fail(Errc::worker_failed, "the worker pool did not start: " + r.error().message);
   return std::move(*client);
 }

@@ -152,4 +152,19 @@ void reference_mask(const Slide& slide, const TileGrid& grid, std::vector<std::u
 
 Result<void> write_png(const std::string& path, const std::uint8_t* data, int width, int height, int channels);
 
+
+// The worker pool the main job runs on (`tessera overlay --worker`, `tessera batch`):
+// "cpp" (the C++ example worker), "numpy" or "torch" (the Python examples; torch with
+// batch > 0 runs batched forward passes), or any command line, split on spaces.
+// bin_dir holds tessera's executables (the Python package is in bin_dir/../python).
+struct WorkerChoice {
+  std::string worker = "cpp";
+  int count = 2;
+  int batch = 0;                      // torch only: tiles per forward pass (0: per tile)
+  std::vector<std::string> devices;   // one worker per device (CUDA_VISIBLE_DEVICES)
+};
+Result<PoolSpec> example_pool(const WorkerChoice& choice, const std::string& bin_dir);
+// The arena of a pipeline run: blocks for the tiles in flight, the readers' queues and the masks.
+ArenaConfig pipeline_arena(std::uint64_t in_bytes, std::uint64_t out_bytes, std::uint32_t in_flight, int readers);
+
 }  // namespace tessera::overlay
