@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <map>
 
 #include <fmt/core.h>
 
@@ -46,7 +45,7 @@ Result<std::unique_ptr<Client>> start_warm_client(const SlideJob& job, const std
   co.max_in_flight = job.in_flight * 2;
   auto client = Client::embedded(co);
   if (!client) return fail(Errc::system, "cannot create the arena: " + client.error().message);
-  auto pool = overlay::example_pool({.worker = job.worker, .count = job.workers}, bin_dir);
+  auto pool = overlay::example_pool({.worker = job.worker, .count = job.workers, .batch = 0, .devices = {}}, bin_dir);
   if (!pool) return fail(Errc::invalid_argument, "job: " + pool.error().message);
   const PoolSpec& p = *pool;
   if (auto r = (*client)->start_pool(p); !r) return fail(Errc::worker_failed, "the worker pool did not start: " + r.error().message);
