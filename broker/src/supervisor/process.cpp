@@ -80,6 +80,15 @@ struct ChildArgs {
   pid_t parent;
 };
 
+// Sanitizer runtimes keep per-thread state (shadow stacks, interceptor state) that a
+// CLONE_VM child would share with the host's suspended thread, so sanitized builds fork;
+// the child runs the same child_main either way.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSpawnWithCloneVm = false;
+#else
+constexpr bool kSpawnWithCloneVm = true;
+#endif
+
 // The child between clone and execve: async-signal-safe calls only, no writes to memory
 // it shares with the parent other than its own stack (and errno).
 int child_main(void* arg) {
@@ -209,20 +218,30 @@ Result<ChildProcess> spawn_process(const SpawnSpec& spec) {
   // fork of a multi-GB JVM took hundreds of ms). Every signal is blocked around the clone
   // so no handler of the host runs in the child while it shares the host's memory; the
   // child resets the handlers before it unblocks (docs/java.md, docs/design).
-  constexpr std::size_t kStack = 64 * 1024;
-  void* stack = ::mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
-    const int e = errno;
-    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
-    return fail(Error::sys("mmap", e));
-  }
   sigset_t all, old;
   sigfillset(&all);
-  ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  const pid_t pid = ::clone(&child_main, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
-  const int clone_errno = errno;
-  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  ::munmap(stack, kStack);  // the child has exec'd or exited: CLONE_VFORK waited for that
+  pid_t pid = -1;
+  int clone_errno = 0;
+  if constexpr (kSpawnWithCloneVm) {
+    constexpr std::size_t kStack = 64 * 1024;
+    void* stack = ::mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+      const int e = errno;
+      for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
+      return fail(Error::sys("mmap", e));
+    }
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = ::clone(&child_main, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
+    clone_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    ::munmap(stack, kStack);  // the child has exec'd or exited: CLONE_VFORK waited for that
+  } else {
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = ::fork();
+    if (pid == 0) ::_exit(child_main(&ca));  // child_main execs or _exits; this is belt and braces
+    clone_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
   if (pid < 0) {
     for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1], exec_err[0], exec_err[1]}) ::close(fd);
     return fail(Error::sys("clone", clone_errno));
