@@ -25,9 +25,9 @@ install(TARGETS tessera_client_shared tessera_worker_shared
 
 install(FILES
   ${PROJECT_SOURCE_DIR}/broker/include/tessera/arena.hpp
-  ${PROJECT_SOURCE_DIR}/broker/include/tessera/capi_common.h
-  ${PROJECT_SOURCE_DIR}/broker/include/tessera/client.h
-  ${PROJECT_SOURCE_DIR}/broker/include/tessera/client.hpp
+  ${PROJECT_SOURCE_DIR}/broker/capi/include/tessera/capi_common.h
+  ${PROJECT_SOURCE_DIR}/broker/capi/include/tessera/client.h
+  ${PROJECT_SOURCE_DIR}/broker/src/client/include/tessera/client.hpp
   ${PROJECT_SOURCE_DIR}/broker/include/tessera/doorbell.hpp
   ${PROJECT_SOURCE_DIR}/broker/include/tessera/handle.hpp
   ${PROJECT_SOURCE_DIR}/broker/include/tessera/layout.hpp

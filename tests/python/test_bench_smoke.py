@@ -10,7 +10,8 @@ import unittest
 
 class BenchSmokeTest(unittest.TestCase):
     def test_bench_sdk_prints_one_json_line_per_scenario(self):
-        out = subprocess.run([sys.executable, "-m", "tessera.bench_sdk", "--smoke"], capture_output=True, text=True,
+        script = os.path.join(os.environ["TESSERA_BIN_DIR"], "tessera_bench_python_sdk.py")
+        out = subprocess.run([sys.executable, script, "--smoke"], capture_output=True, text=True,
                              timeout=180, env=dict(os.environ))
         self.assertEqual(out.returncode, 0, out.stderr)
         records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]

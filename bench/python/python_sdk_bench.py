@@ -1,4 +1,4 @@
-"""Per-tile overhead of the Python worker SDK: ``python3 -m tessera.bench_sdk``.
+"""Per-tile overhead of the Python worker SDK: ``build/release/bin/tessera_bench_python_sdk.py``.
 
 Scenarios (256x256x3 uint8 tiles, 196 KiB, one worker process, one client):
   py_trivial     a Python handler that does not touch the data, batch 1 and 16
@@ -8,7 +8,8 @@ Scenarios (256x256x3 uint8 tiles, 196 KiB, one worker process, one client):
 
 ``sdk_us_per_tile`` = Python per-tile time - C++ per-tile time for the same loop.
 One JSON line per result. ``--smoke`` runs a few hundred tiles only (CI).
-Set TESSERA_BIN_DIR to find the C++ example worker.
+Set TESSERA_BIN_DIR to find the C++ example worker (default: this script's directory);
+PYTHONPATH must reach the tessera package (build/release/python).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import sys
 import time
 
 import numpy as np
+
+# The worker process imports the handlers below from this file by module name.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_MODULE = os.path.splitext(os.path.basename(__file__))[0]
 
 H, W, C = 256, 256, 3
 
@@ -102,15 +107,16 @@ def inproc_mean(n_tiles: int) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m tessera.bench_sdk", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=os.path.basename(__file__), description=__doc__.splitlines()[0])
     p.add_argument("--tiles", type=int, default=20000)
     p.add_argument("--smoke", action="store_true", help="a few hundred tiles (CI)")
     args = p.parse_args(argv)
     n = 300 if args.smoke else args.tiles
     warm = 50 if args.smoke else 500
-    py = [sys.executable, "-m", "tessera.worker", "tessera.bench_sdk:{}", "--max-batch", "{}"]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")]))
+    py = [sys.executable, "-m", "tessera.worker", _MODULE + ":{}", "--max-batch", "{}"]
 
-    cpp_worker = os.path.join(os.environ.get("TESSERA_BIN_DIR", ""), "tessera-tissue-worker")
+    cpp_worker = os.path.join(os.environ.get("TESSERA_BIN_DIR", _HERE), "tessera-tissue-worker")
     cpp_us = None
     if os.access(cpp_worker, os.X_OK):
         tps = run_pipeline([cpp_worker], n, op=2, warmup=warm)
@@ -118,14 +124,14 @@ def main(argv=None) -> int:
         _emit({"bench": "cpp_trivial", "tiles": n, "tiles_per_s": round(tps), "us_per_tile": round(cpp_us, 2)})
     for batch in (1, 16):
         argv = [a.format("trivial", batch) if "{}" in a else a for a in py]
-        argv[3], argv[5] = "tessera.bench_sdk:trivial", str(batch)
+        argv[3], argv[5] = _MODULE + ":trivial", str(batch)
         tps = run_pipeline(argv, n, warmup=warm)
         rec = {"bench": "py_trivial", "batch": batch, "tiles": n, "tiles_per_s": round(tps), "us_per_tile": round(1e6 / tps, 2)}
         if cpp_us is not None:
             rec["sdk_us_per_tile"] = round(1e6 / tps - cpp_us, 2)
         _emit(rec)
     argv = list(py)
-    argv[3], argv[5] = "tessera.bench_sdk:mean", "16"
+    argv[3], argv[5] = _MODULE + ":mean", "16"
     tps_mean = run_pipeline(argv, n, warmup=warm)
     tps_in = inproc_mean(n)
     _emit({"bench": "py_mean", "batch": 16, "tiles": n, "tiles_per_s": round(tps_mean), "us_per_tile": round(1e6 / tps_mean, 2)})
