@@ -1,5 +1,7 @@
 // Control-path results: a small expected-like type with std::expected's member
-// names, so that moving to std::expected later is a one-line alias.
+// names, so that moving to std::expected later is a one-line alias. The one result
+// type of the project: the error type defaults to Error; the Appose parser uses it
+// with its own typed ParseError (appose.hpp: Parsed<T> = Result<T, ParseError>).
 #pragma once
 
 #include <cerrno>
@@ -57,16 +59,21 @@ class Unexpected {
   E e_;
 };
 
+template <class E>
+Unexpected<E> unexpected(E e) {
+  return Unexpected<E>(std::move(e));
+}
+
 inline Unexpected<Error> fail(Errc code, std::string message) {
   return Unexpected<Error>(Error{code, std::move(message)});
 }
 inline Unexpected<Error> fail(Error e) { return Unexpected<Error>(std::move(e)); }
 
-template <class T>
+template <class T, class E = Error>
 class [[nodiscard]] Result {
  public:
   Result(T v) : v_(std::in_place_index<0>, std::move(v)) {}  // NOLINT(google-explicit-constructor)
-  Result(Unexpected<Error> e) : v_(std::in_place_index<1>, std::move(e).error()) {}  // NOLINT
+  Result(Unexpected<E> e) : v_(std::in_place_index<1>, std::move(e).error()) {}  // NOLINT
 
   bool has_value() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return has_value(); }
@@ -76,8 +83,8 @@ class [[nodiscard]] Result {
   T& operator*() & { return value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
-  const Error& error() const& { return std::get<1>(v_); }
-  Error&& error() && { return std::get<1>(std::move(v_)); }
+  const E& error() const& { return std::get<1>(v_); }
+  E&& error() && { return std::get<1>(std::move(v_)); }
 
  private:
   void check() const {
@@ -87,21 +94,21 @@ class [[nodiscard]] Result {
       std::abort();
     }
   }
-  std::variant<T, Error> v_;
+  std::variant<T, E> v_;
 };
 
-template <>
-class [[nodiscard]] Result<void> {
+template <class E>
+class [[nodiscard]] Result<void, E> {
  public:
   Result() = default;
-  Result(Unexpected<Error> e) : err_(std::move(e).error()), ok_(false) {}  // NOLINT
+  Result(Unexpected<E> e) : err_(std::move(e).error()), ok_(false) {}  // NOLINT
   bool has_value() const noexcept { return ok_; }
   explicit operator bool() const noexcept { return ok_; }
-  const Error& error() const& { return err_; }
-  Error&& error() && { return std::move(err_); }
+  const E& error() const& { return err_; }
+  E&& error() && { return std::move(err_); }
 
  private:
-  Error err_;
+  E err_;
   bool ok_ = true;
 };
 

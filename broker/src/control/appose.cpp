@@ -116,7 +116,7 @@ std::string replace_nonfinite_tokens(std::string_view in, std::size_t* replaced)
 
 namespace {
 
-ParseError perr(ParseErrc c, std::string msg) { return ParseError{c, std::move(msg)}; }
+Unexpected<ParseError> perr(ParseErrc c, std::string msg) { return unexpected(ParseError{c, std::move(msg)}); }
 
 bool is_blank(std::string_view s) noexcept {
   for (char c : s) {
@@ -265,12 +265,12 @@ Parsed<json::object> parse_object(std::string_view line) {
 
 Parsed<Request> parse_request(std::string_view line) {
   auto obj = parse_object(line);
-  if (!obj) return obj.error();
+  if (!obj) return unexpected(obj.error());
   const json::object& o = obj.value();
   auto task = get_id(o, "task");
-  if (!task) return task.error();
+  if (!task) return unexpected(task.error());
   auto type = get_id(o, "requestType");
-  if (!type) return type.error();
+  if (!type) return unexpected(type.error());
   Request r;
   r.task = std::move(task.value());
   if (type.value() == "EXECUTE") {
@@ -297,12 +297,12 @@ Parsed<Request> parse_request(std::string_view line) {
 
 Parsed<Response> parse_response(std::string_view line) {
   auto obj = parse_object(line);
-  if (!obj) return obj.error();
+  if (!obj) return unexpected(obj.error());
   json::object& o = obj.value();
   auto task = get_id(o, "task");
-  if (!task) return task.error();
+  if (!task) return unexpected(task.error());
   auto type = get_id(o, "responseType");
-  if (!type) return type.error();
+  if (!type) return unexpected(type.error());
   Response r;
   r.task = std::move(task.value());
   const std::string& t = type.value();

@@ -13,6 +13,8 @@
 
 #include <boost/json.hpp>
 
+#include <tessera/result.hpp>
+
 namespace tessera::appose {
 
 // ---------------------------------------------------------------------------------
@@ -64,21 +66,9 @@ struct ParseError {
   std::string message;
 };
 
+// Parse results: the project's Result with the typed parse error.
 template <class T>
-class [[nodiscard]] Parsed {
- public:
-  Parsed(T v) : v_(std::in_place_index<0>, std::move(v)) {}            // NOLINT
-  Parsed(ParseError e) : v_(std::in_place_index<1>, std::move(e)) {}   // NOLINT
-  bool has_value() const noexcept { return v_.index() == 0; }
-  explicit operator bool() const noexcept { return has_value(); }
-  T& value() & { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
-  const T& value() const& { return std::get<0>(v_); }
-  const ParseError& error() const& { return std::get<1>(v_); }
-
- private:
-  std::variant<T, ParseError> v_;
-};
+using Parsed = Result<T, ParseError>;
 
 // Replaces the bare tokens NaN, Infinity and -Infinity found outside strings by
 // `null` (Python's json.dumps emits them; Boost.JSON 1.81 rejects them). Returns
