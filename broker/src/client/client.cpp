@@ -562,7 +562,13 @@ Client::~Client() {
 
 const Arena& Client::arena() const noexcept { return impl_->arena; }
 
+Result<void> detail::check_client_options(const ClientOptions& o) {
+  if (o.max_in_flight == 0) return fail(Errc::invalid_argument, "client options: max_in_flight must be at least 1, got 0");
+  return {};
+}
+
 Result<std::unique_ptr<Client>> Client::embedded(ClientOptions opts) {
+  if (auto ok = detail::check_client_options(opts); !ok) return fail(std::move(ok).error());
   auto a = Arena::create(opts.arena);
   if (!a) return fail(std::move(a).error());
   auto s = a->register_participant(Role::client, getpid(), "client");
