@@ -1,6 +1,8 @@
 // Worker SDK data path: channel discovery, request validation, answers.
 #include <tessera/worker.hpp>
 
+#include "admission.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -193,8 +195,7 @@ bool Worker::admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept {
   TensorView v(b.data, b.capacity, d.dtype(), shape);
   // A forged descriptor: shape x dtype must be representable (checked multiplication),
   // non-empty, equal to the stated nbytes and inside the block.
-  const std::optional<std::uint64_t> need = tensor_nbytes(d.dtype(), shape);
-  if (d.ndim() == 0 || d.ndim() > 4 || !need || *need == 0 || *need != d.nbytes() || *need > b.capacity || !v.valid()) {
+  if (!detail::admissible_tensor(d, b.capacity) || !v.valid()) {
     stats_.rejected.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     fail(t, TileStatus::BadInput,
          "input tensor invalid: dtype " + std::string(dtype_name(d.dtype())) + " shape " + shape.str() + ", " +
