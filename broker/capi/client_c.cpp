@@ -542,7 +542,7 @@ TESSERA_API int tessera_client_submit_n(tessera_client_t* handle, uint32_t strea
     if (n == 0 || blocks == nullptr || metas == nullptr) return invalid("tessera_client_submit_n: no tiles");
     uint32_t done = 0;
     for (; done < n; ++done) {
-      const int rc = tessera_client_submit(c, stream, blocks[done], &metas[done], mode, timeout_ns,
+      const int rc = tessera_client_submit(handle, stream, blocks[done], &metas[done], mode, timeout_ns,
                                            seqs != nullptr ? &seqs[done] : nullptr);
       if (rc < 0) return done == 0 ? rc : static_cast<int>(done);  // the error stays recorded
     }
