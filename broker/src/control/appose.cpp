@@ -139,6 +139,34 @@ const char* kind_name(const json::value& v) noexcept {
   return "?";
 }
 
+unsigned decode_utf8(std::string_view s, std::size_t& i);  // below, with the emitter
+
+// Object keys must be valid UTF-8: the emitter replaces bad bytes by U+FFFD, so two keys
+// differing only in bad bytes would become one key and the line would not round-trip
+// (found by tessera_fuzz_appose_json). Values stay lenient.
+bool keys_valid_utf8(const json::value& v, int depth = 0) {
+  if (depth > 64) return true;  // the parser's depth limit is lower anyway
+  if (const auto* o = v.if_object()) {
+    for (const auto& kv : *o) {
+      const std::string_view k = kv.key();
+      for (std::size_t i = 0; i < k.size();) {
+        if (static_cast<unsigned char>(k[i]) < 0x80) {
+          ++i;
+          continue;
+        }
+        const std::size_t at = i;
+        if (decode_utf8(k, i) == 0xfffd && !(i == at + 3 && k.substr(at, 3) == "\xef\xbf\xbd")) return false;
+      }
+      if (!keys_valid_utf8(kv.value(), depth + 1)) return false;
+    }
+  } else if (const auto* a = v.if_array()) {
+    for (const auto& e : *a) {
+      if (!keys_valid_utf8(e, depth + 1)) return false;
+    }
+  }
+  return true;
+}
+
 // `size` is the pre-2025 name of `rsize` inside shm objects: normalise in place.
 void normalise_shm(json::value& v) {
   if (auto* o = v.if_object()) {
@@ -259,6 +287,7 @@ Parsed<json::object> parse_object(std::string_view line) {
     return perr(ParseErrc::malformed, "not JSON (" + ec.message() + "): " + shown);
   }
   if (!v.is_object()) return perr(ParseErrc::not_object, std::string("JSON ") + kind_name(v) + ", expected object");
+  if (!keys_valid_utf8(v)) return perr(ParseErrc::malformed, "an object key is not valid UTF-8");
   normalise_shm(v);
   return std::move(v.get_object());
 }
