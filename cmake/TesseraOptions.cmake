@@ -19,6 +19,17 @@ elseif(NOT TESSERA_SANITIZE STREQUAL "")
   message(FATAL_ERROR "TESSERA_SANITIZE must be '', 'address' or 'thread'")
 endif()
 
+# libFuzzer builds (the `fuzz` preset, clang): every project target gets coverage
+# instrumentation (fuzzer-no-link), so the fuzzer is guided through the libraries it
+# drives, not only through its own target; tests/fuzz links the fuzzer runtime.
+option(TESSERA_LIBFUZZER "Build the libFuzzer targets tessera_fuzz_* (needs clang)" OFF)
+if(TESSERA_LIBFUZZER)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "TESSERA_LIBFUZZER needs clang (use the fuzz preset)")
+  endif()
+  target_compile_options(tessera_sanitizers INTERFACE -fsanitize=fuzzer-no-link)
+endif()
+
 # Every project target links both.
 add_library(tessera_build INTERFACE)
 add_library(tessera::build ALIAS tessera_build)

@@ -3,8 +3,11 @@
 // handle is a detected error, never undefined behaviour).
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <mutex>
 #include <exception>
 #include <new>
 #include <string>
@@ -174,6 +177,91 @@ class HandleTable {
   std::deque<Entry> entries_;       // deque: entries never move (results hand out pointers into them)
   std::vector<std::uint32_t> free_;
   std::size_t live_ = 0;
+};
+
+// Live ABI objects (clients, workers) by handle. The pointer a caller holds
+// (tessera_client_t*, tessera_worker_t*) is not the object's address: it is an
+// encoded handle `generation:32 | index:16 | tag:8` (odd, so never an aligned
+// address; the tag names the kind). Every call resolves it here first, so a
+// destroyed, double-destroyed, foreign or forged object pointer is a detected
+// error (EINVAL) and the freed object is never dereferenced.
+//
+// Lookup is lock-free (two atomic loads); register/retire take a mutex (control
+// path). Retiring bumps the slot's generation, so a handle of a destroyed object
+// stays stale even when its slot is reused. Not detected: destroying an object
+// while another thread is inside a call on it (the caller's contract).
+template <class T, std::uint8_t Tag>
+class ObjectRegistry {
+  static_assert((Tag & 1u) == 1u, "odd tags: a handle is never an aligned address");
+
+ public:
+  static constexpr std::uint32_t kSlots = 4096;
+  constexpr ObjectRegistry() = default;
+
+  // The handle of `obj`, or 0 when every slot is taken (the caller reports it).
+  std::uint64_t insert(T* obj) noexcept {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (std::uint32_t n = 0; n < kSlots; ++n) {
+      const std::uint32_t i = (next_ + n) % kSlots;
+      Slot& s = slots_[i];
+      // relaxed: slot ownership changes only under mu_.
+      const std::uint64_t st = s.state.load(std::memory_order_relaxed);
+      if ((st & 1u) != 0) continue;
+      next_ = i + 1;
+      const std::uint64_t gen = (st >> 1) + 1;
+      // relaxed: published by the release store of state below.
+      s.obj.store(obj, std::memory_order_relaxed);
+      // SYNC[registry.state] release: publishes obj -> acquired in resolve().
+      s.state.store((gen << 1) | 1u, std::memory_order_release);
+      return encode(i, static_cast<std::uint32_t>(gen));
+    }
+    return 0;
+  }
+
+  // The live object a handle names, or nullptr (stale, forged, other kind, null).
+  T* resolve(const void* handle) const noexcept {
+    std::uint32_t idx = 0, gen = 0;
+    if (!decode(handle, idx, gen)) return nullptr;
+    const Slot& s = slots_[idx];
+    // SYNC[registry.state] acquire: sees obj as insert() stored it.
+    if (s.state.load(std::memory_order_acquire) != ((std::uint64_t{gen} << 1) | 1u)) return nullptr;
+    // relaxed: ordered after the acquire above; a later reuse changes state first.
+    return s.obj.load(std::memory_order_relaxed);
+  }
+
+  // Marks the handle's object dead and returns it (the caller deletes it), or nullptr
+  // when the handle is not live (double destroy, forged): nothing is touched then.
+  T* retire(const void* handle) noexcept {
+    std::uint32_t idx = 0, gen = 0;
+    if (!decode(handle, idx, gen)) return nullptr;
+    std::lock_guard<std::mutex> lk(mu_);
+    Slot& s = slots_[idx];
+    std::uint64_t live = (std::uint64_t{gen} << 1) | 1u;
+    // acq_rel: retires exactly once; resolve() of this generation fails from here on.
+    if (!s.state.compare_exchange_strong(live, std::uint64_t{gen} << 1, std::memory_order_acq_rel))
+      return nullptr;
+    return s.obj.exchange(nullptr, std::memory_order_relaxed);  // relaxed: state already says dead
+  }
+
+ private:
+  struct Slot {
+    std::atomic<std::uint64_t> state{0};  // generation << 1 | live
+    std::atomic<T*> obj{nullptr};
+  };
+  static std::uint64_t encode(std::uint32_t idx, std::uint32_t gen) noexcept {
+    return (std::uint64_t{gen} << 24) | (std::uint64_t{idx} << 8) | Tag;
+  }
+  static bool decode(const void* handle, std::uint32_t& idx, std::uint32_t& gen) noexcept {
+    const auto h = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(handle));
+    if ((h & 0xffu) != Tag) return false;
+    idx = static_cast<std::uint32_t>((h >> 8) & 0xffffu);
+    gen = static_cast<std::uint32_t>(h >> 24);
+    return idx < kSlots && gen != 0;
+  }
+
+  std::array<Slot, kSlots> slots_{};
+  std::mutex mu_;
+  std::uint32_t next_ = 0;  // under mu_: round robin, so a freed slot is reused late
 };
 
 }  // namespace tessera::capi

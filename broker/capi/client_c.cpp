@@ -48,7 +48,20 @@ struct tessera_client {
 
 namespace {
 
+// Every client handle the ABI hands out; calls resolve the caller's pointer here first.
+constinit tessera::capi::ObjectRegistry<tessera_client, 0xC1> g_clients;
+
+// `c` is a resolved handle (nullptr when stale, forged or destroyed).
 bool live(const tessera_client* c) noexcept { return c != nullptr && c->magic == tessera_client::kMagic && c->c; }
+
+// Registers a new client and hands out its handle.
+int publish_client(std::unique_ptr<tessera_client> obj, tessera_client_t** out) {
+  const std::uint64_t h = g_clients.insert(obj.get());
+  if (h == 0) return set_error(Errc::no_space, "tessera_client: more than 4096 live clients in this process");
+  obj.release();  // owned by the registry's handle until tessera_client_destroy
+  *out = reinterpret_cast<tessera_client_t*>(static_cast<std::uintptr_t>(h));
+  return 0;
+}
 
 // Records a failed call's thread error on the client too, so that any thread can read it.
 int rec(const tessera_client* c, int rc) noexcept {
@@ -172,8 +185,7 @@ TESSERA_API int tessera_client_create_ext(const tessera_client_options_t* opts, 
     if (!apply_ext(ext, o)) return invalid("tessera_client_create: ext->struct_size is too small");
     auto c = tessera::Client::embedded(std::move(o));
     if (!c) return set_error(c.error());
-    *out = new tessera_client(std::move(*c));
-    return 0;
+    return publish_client(std::make_unique<tessera_client>(std::move(*c)), out);
   });
 }
 
@@ -197,13 +209,17 @@ TESSERA_API int tessera_client_connect_ext(const char* socket_path, const tesser
     if (!apply_ext(ext, o)) return invalid("tessera_client_connect: ext->struct_size is too small");
     auto c = tessera::Client::connect(socket_path, std::move(o));
     if (!c) return set_error(c.error());
-    *out = new tessera_client(std::move(*c));
-    return 0;
+    return publish_client(std::make_unique<tessera_client>(std::move(*c)), out);
   });
 }
 
-TESSERA_API void tessera_client_destroy(tessera_client_t* c) {
-  if (c == nullptr || c->magic != tessera_client::kMagic) return;
+TESSERA_API void tessera_client_destroy(tessera_client_t* handle) {
+  if (handle == nullptr) return;
+  tessera_client* const c = g_clients.retire(handle);
+  if (c == nullptr) {  // destroyed before, or never a client: nothing is touched
+    (void)invalid("tessera_client_destroy: not a live client (destroyed twice, or not a client handle)");
+    return;
+  }
   try {
     delete c;
   } catch (...) {  // destructors here do not throw; belt and braces at the boundary
@@ -215,7 +231,7 @@ namespace {
 int start_pool_impl(tessera_client_t* c, const tessera_pool_spec_t* spec, const tessera_pool_spec_ext_t* ext,
                     const char* const* devices, size_t n_devices) {
   return rec(c, guarded("tessera_client_start_pool", [&] {
-    if (!live(c)) return invalid("tessera_client_start_pool: not a client");
+    if (!live(c)) return invalid("tessera_client_start_pool: not a live client (destroyed, or not a client handle)");
     if (spec == nullptr || spec->argv == nullptr || spec->argc == 0 || spec->argv[0] == nullptr)
       return invalid("tessera_client_start_pool: spec needs argv[0]");
     if (spec->n_env % 2 != 0 || (spec->n_env > 0 && spec->env == nullptr))
@@ -258,24 +274,28 @@ int start_pool_impl(tessera_client_t* c, const tessera_pool_spec_t* spec, const 
 
 }  // namespace
 
-TESSERA_API int tessera_client_start_pool(tessera_client_t* c, const tessera_pool_spec_t* spec) {
+TESSERA_API int tessera_client_start_pool(tessera_client_t* handle, const tessera_pool_spec_t* spec) {
+  tessera_client* const c = g_clients.resolve(handle);
   return start_pool_impl(c, spec, nullptr, nullptr, 0);
 }
 
-TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* c, const tessera_pool_spec_t* spec,
+TESSERA_API int tessera_client_start_pool_ext(tessera_client_t* handle, const tessera_pool_spec_t* spec,
                                               const tessera_pool_spec_ext_t* ext) {
+  tessera_client* const c = g_clients.resolve(handle);
   return start_pool_impl(c, spec, ext, nullptr, 0);
 }
 
-TESSERA_API int tessera_client_start_pool_on_devices(tessera_client_t* c, const tessera_pool_spec_t* spec,
+TESSERA_API int tessera_client_start_pool_on_devices(tessera_client_t* handle, const tessera_pool_spec_t* spec,
                                                      const char* const* devices, size_t n_devices) {
+  tessera_client* const c = g_clients.resolve(handle);
   if (n_devices == 0) return rec(c, invalid("tessera_client_start_pool_on_devices: no devices"));
   return start_pool_impl(c, spec, nullptr, devices, n_devices);
 }
 
-TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const char* name, tessera_external_worker_t* out) {
+TESSERA_API int tessera_client_add_external_worker(tessera_client_t* handle, const char* name, tessera_external_worker_t* out) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_add_external_worker", [&] {
-    if (!live(c)) return invalid("tessera_client_add_external_worker: not a client");
+    if (!live(c)) return invalid("tessera_client_add_external_worker: not a live client (destroyed, or not a client handle)");
     if (out == nullptr) return invalid("tessera_client_add_external_worker: out is NULL");
     auto ew = c->c->add_external_worker(name != nullptr ? name : "worker");
     if (!ew) return set_error(ew.error());
@@ -286,9 +306,10 @@ TESSERA_API int tessera_client_add_external_worker(tessera_client_t* c, const ch
   }));
 }
 
-TESSERA_API int tessera_client_set_worker_pid(tessera_client_t* c, int32_t index, int32_t pid) {
+TESSERA_API int tessera_client_set_worker_pid(tessera_client_t* handle, int32_t index, int32_t pid) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_set_worker_pid", [&] {
-    if (!live(c)) return invalid("tessera_client_set_worker_pid: not a client");
+    if (!live(c)) return invalid("tessera_client_set_worker_pid: not a live client (destroyed, or not a client handle)");
     const auto ws = c->c->workers();
     if (index < 0 || static_cast<size_t>(index) >= ws.size()) return invalid("tessera_client_set_worker_pid: no such worker");
     c->c->set_worker_pid(index, pid);
@@ -296,9 +317,10 @@ TESSERA_API int tessera_client_set_worker_pid(tessera_client_t* c, int32_t index
   }));
 }
 
-TESSERA_API int tessera_client_worker_died(tessera_client_t* c, int32_t index, const char* reason) {
+TESSERA_API int tessera_client_worker_died(tessera_client_t* handle, int32_t index, const char* reason) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_worker_died", [&] {
-    if (!live(c)) return invalid("tessera_client_worker_died: not a client");
+    if (!live(c)) return invalid("tessera_client_worker_died: not a live client (destroyed, or not a client handle)");
     const auto ws = c->c->workers();
     if (index < 0 || static_cast<size_t>(index) >= ws.size()) return invalid("tessera_client_worker_died: no such worker");
     c->c->worker_died(index, reason != nullptr ? reason : "worker died");
@@ -306,17 +328,19 @@ TESSERA_API int tessera_client_worker_died(tessera_client_t* c, int32_t index, c
   }));
 }
 
-TESSERA_API int tessera_client_kill_worker(tessera_client_t* c, int32_t index) {
+TESSERA_API int tessera_client_kill_worker(tessera_client_t* handle, int32_t index) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_kill_worker", [&] {
-    if (!live(c)) return invalid("tessera_client_kill_worker: not a client");
+    if (!live(c)) return invalid("tessera_client_kill_worker: not a live client (destroyed, or not a client handle)");
     auto r = c->c->kill_worker(index);
     return r ? 0 : set_error(r.error());
   }));
 }
 
-TESSERA_API int tessera_client_open_stream(tessera_client_t* c, const tessera_stream_options_t* opts, uint32_t* stream) {
+TESSERA_API int tessera_client_open_stream(tessera_client_t* handle, const tessera_stream_options_t* opts, uint32_t* stream) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_open_stream", [&] {
-    if (!live(c)) return invalid("tessera_client_open_stream: not a client");
+    if (!live(c)) return invalid("tessera_client_open_stream: not a live client (destroyed, or not a client handle)");
     if (stream == nullptr) return invalid("tessera_client_open_stream: stream is NULL");
     tessera::StreamOptions so;
     if (opts != nullptr) {
@@ -334,18 +358,20 @@ TESSERA_API int tessera_client_open_stream(tessera_client_t* c, const tessera_st
   }));
 }
 
-TESSERA_API int tessera_client_close_stream(tessera_client_t* c, uint32_t stream) {
+TESSERA_API int tessera_client_close_stream(tessera_client_t* handle, uint32_t stream) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_close_stream", [&] {
-    if (!live(c)) return invalid("tessera_client_close_stream: not a client");
+    if (!live(c)) return invalid("tessera_client_close_stream: not a live client (destroyed, or not a client handle)");
     auto r = c->c->close_stream(stream);
     return r ? 0 : set_error(r.error());
   }));
 }
 
-TESSERA_API int tessera_client_alloc(tessera_client_t* c, uint64_t bytes, int64_t timeout_ns, void** data,
+TESSERA_API int tessera_client_alloc(tessera_client_t* handle, uint64_t bytes, int64_t timeout_ns, void** data,
                                      uint64_t* capacity, tessera_block_t* block) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_alloc", [&] {
-    if (!live(c)) return invalid("tessera_client_alloc: not a client");
+    if (!live(c)) return invalid("tessera_client_alloc: not a live client (destroyed, or not a client handle)");
     if (data == nullptr || block == nullptr) return invalid("tessera_client_alloc: data/block is NULL");
     *data = nullptr;
     *block = 0;
@@ -359,17 +385,19 @@ TESSERA_API int tessera_client_alloc(tessera_client_t* c, uint64_t bytes, int64_
   }));
 }
 
-TESSERA_API int tessera_client_free_block(tessera_client_t* c, tessera_block_t block) {
-  if (!live(c)) return invalid("tessera_client_free_block: not a client");
+TESSERA_API int tessera_client_free_block(tessera_client_t* handle, tessera_block_t block) {
+  tessera_client* const c = g_clients.resolve(handle);
+  if (!live(c)) return invalid("tessera_client_free_block: not a live client (destroyed, or not a client handle)");
   if (c->blocks.find(block, "tessera_client_free_block") == nullptr) return rec(c, tessera_last_error_code());
   c->blocks.erase(block);  // InputBlock's reset frees the block
   return 0;
 }
 
-TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tessera_block_t block,
+TESSERA_API int tessera_client_submit(tessera_client_t* handle, uint32_t stream, tessera_block_t block,
                                       const tessera_tile_meta_t* meta, int32_t mode, int64_t timeout_ns, uint64_t* seq) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_submit", [&] {
-    if (!live(c)) return invalid("tessera_client_submit: not a client");
+    if (!live(c)) return invalid("tessera_client_submit: not a live client (destroyed, or not a client handle)");
     if (meta == nullptr) return invalid("tessera_client_submit: meta is NULL");
     if (mode < TESSERA_SUBMIT_BLOCK || mode > TESSERA_SUBMIT_TIMEOUT) return invalid("tessera_client_submit: unknown mode");
     if (meta->ndim == 0 || meta->ndim > TESSERA_MAX_DIMS)
@@ -387,9 +415,10 @@ TESSERA_API int tessera_client_submit(tessera_client_t* c, uint32_t stream, tess
   }));
 }
 
-TESSERA_API int tessera_client_poll(tessera_client_t* c, tessera_result_t* out, size_t max, int64_t timeout_ns) {
+TESSERA_API int tessera_client_poll(tessera_client_t* handle, tessera_result_t* out, size_t max, int64_t timeout_ns) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_poll", [&] {
-    if (!live(c)) return invalid("tessera_client_poll: not a client");
+    if (!live(c)) return invalid("tessera_client_poll: not a live client (destroyed, or not a client handle)");
     if (out == nullptr || max == 0) return invalid("tessera_client_poll: no room for results");
     max = std::min<size_t>(max, INT_MAX);
     if (c->scratch.capacity() < max) c->scratch.reserve(max);
@@ -427,34 +456,41 @@ TESSERA_API int tessera_client_poll(tessera_client_t* c, tessera_result_t* out, 
   }));
 }
 
-TESSERA_API int tessera_client_release_result(tessera_client_t* c, tessera_result_id_t id) {
-  if (!live(c)) return invalid("tessera_client_release_result: not a client");
+TESSERA_API int tessera_client_release_result(tessera_client_t* handle, tessera_result_id_t id) {
+  tessera_client* const c = g_clients.resolve(handle);
+  if (!live(c)) return invalid("tessera_client_release_result: not a live client (destroyed, or not a client handle)");
   if (c->results.find(id, "tessera_client_release_result") == nullptr) return rec(c, tessera_last_error_code());
   c->results.erase(id);  // frees the output block and the error text
   return 0;
 }
 
-TESSERA_API uint64_t tessera_client_in_flight(const tessera_client_t* c) { return live(c) ? c->c->in_flight() : 0; }
+TESSERA_API uint64_t tessera_client_in_flight(const tessera_client_t* handle) {
+  const tessera_client* const c = g_clients.resolve(handle);
+  return live(c) ? c->c->in_flight() : 0;
+}
 
-TESSERA_API int tessera_client_cancel(tessera_client_t* c, uint32_t stream, uint64_t seq) {
+TESSERA_API int tessera_client_cancel(tessera_client_t* handle, uint32_t stream, uint64_t seq) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_cancel", [&] {
-    if (!live(c)) return invalid("tessera_client_cancel: not a client");
+    if (!live(c)) return invalid("tessera_client_cancel: not a live client (destroyed, or not a client handle)");
     auto r = c->c->cancel(stream, seq);
     return r ? 0 : set_error(r.error());
   }));
 }
 
-TESSERA_API int tessera_client_cancel_stream(tessera_client_t* c, uint32_t stream) {
+TESSERA_API int tessera_client_cancel_stream(tessera_client_t* handle, uint32_t stream) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_cancel_stream", [&] {
-    if (!live(c)) return invalid("tessera_client_cancel_stream: not a client");
+    if (!live(c)) return invalid("tessera_client_cancel_stream: not a live client (destroyed, or not a client handle)");
     auto r = c->c->cancel_stream(stream);
     return r ? 0 : set_error(r.error());
   }));
 }
 
-TESSERA_API int tessera_client_advance_epoch(tessera_client_t* c, uint32_t stream, uint32_t* epoch) {
+TESSERA_API int tessera_client_advance_epoch(tessera_client_t* handle, uint32_t stream, uint32_t* epoch) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_advance_epoch", [&] {
-    if (!live(c)) return invalid("tessera_client_advance_epoch: not a client");
+    if (!live(c)) return invalid("tessera_client_advance_epoch: not a live client (destroyed, or not a client handle)");
     auto r = c->c->advance_epoch(stream);
     if (!r) return set_error(r.error());
     if (epoch != nullptr) *epoch = *r;
@@ -462,9 +498,10 @@ TESSERA_API int tessera_client_advance_epoch(tessera_client_t* c, uint32_t strea
   }));
 }
 
-TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream, tessera_stream_stats_t* out) {
+TESSERA_API int tessera_client_stats(const tessera_client_t* handle, uint32_t stream, tessera_stream_stats_t* out) {
+  const tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_stats", [&] {
-    if (!live(c)) return invalid("tessera_client_stats: not a client");
+    if (!live(c)) return invalid("tessera_client_stats: not a live client (destroyed, or not a client handle)");
     if (out == nullptr) return invalid("tessera_client_stats: out is NULL");
     const tessera::StreamStats s = c->c->stats(stream);
     *out = tessera_stream_stats_t{s.submitted, s.queued, s.running, s.completed, s.failed, s.canceled, s.retried,
@@ -473,10 +510,11 @@ TESSERA_API int tessera_client_stats(const tessera_client_t* c, uint32_t stream,
   }));
 }
 
-TESSERA_API int tessera_client_alloc_n(tessera_client_t* c, uint64_t bytes, uint32_t n, int64_t timeout_ns,
+TESSERA_API int tessera_client_alloc_n(tessera_client_t* handle, uint64_t bytes, uint32_t n, int64_t timeout_ns,
                                        tessera_block_info_t* out) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_alloc_n", [&] {
-    if (!live(c)) return invalid("tessera_client_alloc_n: not a client");
+    if (!live(c)) return invalid("tessera_client_alloc_n: not a live client (destroyed, or not a client handle)");
     if (out == nullptr || n == 0) return invalid("tessera_client_alloc_n: no room for blocks");
     n = std::min<uint32_t>(n, INT_MAX);
     uint32_t got = 0;
@@ -496,14 +534,15 @@ TESSERA_API int tessera_client_alloc_n(tessera_client_t* c, uint64_t bytes, uint
   }));
 }
 
-TESSERA_API int tessera_client_submit_n(tessera_client_t* c, uint32_t stream, uint32_t n, const tessera_block_t* blocks,
+TESSERA_API int tessera_client_submit_n(tessera_client_t* handle, uint32_t stream, uint32_t n, const tessera_block_t* blocks,
                                         const tessera_tile_meta_t* metas, int32_t mode, int64_t timeout_ns, uint64_t* seqs) {
+  tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_submit_n", [&] {
-    if (!live(c)) return invalid("tessera_client_submit_n: not a client");
+    if (!live(c)) return invalid("tessera_client_submit_n: not a live client (destroyed, or not a client handle)");
     if (n == 0 || blocks == nullptr || metas == nullptr) return invalid("tessera_client_submit_n: no tiles");
     uint32_t done = 0;
     for (; done < n; ++done) {
-      const int rc = tessera_client_submit(c, stream, blocks[done], &metas[done], mode, timeout_ns,
+      const int rc = tessera_client_submit(handle, stream, blocks[done], &metas[done], mode, timeout_ns,
                                            seqs != nullptr ? &seqs[done] : nullptr);
       if (rc < 0) return done == 0 ? rc : static_cast<int>(done);  // the error stays recorded
     }
@@ -511,8 +550,9 @@ TESSERA_API int tessera_client_submit_n(tessera_client_t* c, uint32_t stream, ui
   }));
 }
 
-TESSERA_API int tessera_client_release_n(tessera_client_t* c, const tessera_result_id_t* ids, size_t n) {
-  if (!live(c)) return invalid("tessera_client_release_n: not a client");
+TESSERA_API int tessera_client_release_n(tessera_client_t* handle, const tessera_result_id_t* ids, size_t n) {
+  tessera_client* const c = g_clients.resolve(handle);
+  if (!live(c)) return invalid("tessera_client_release_n: not a live client (destroyed, or not a client handle)");
   if (n > 0 && ids == nullptr) return invalid("tessera_client_release_n: ids is NULL");
   int first_error = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -525,14 +565,16 @@ TESSERA_API int tessera_client_release_n(tessera_client_t* c, const tessera_resu
   return first_error != 0 ? first_error : static_cast<int>(std::min<size_t>(n, INT_MAX));
 }
 
-TESSERA_API int tessera_client_wake(tessera_client_t* c) {
-  if (!live(c)) return invalid("tessera_client_wake: not a client");
+TESSERA_API int tessera_client_wake(tessera_client_t* handle) {
+  tessera_client* const c = g_clients.resolve(handle);
+  if (!live(c)) return invalid("tessera_client_wake: not a live client (destroyed, or not a client handle)");
   c->c->wake();
   return 0;
 }
 
-TESSERA_API int tessera_client_last_error(const tessera_client_t* c, char* buf, size_t cap, int32_t* code) {
-  if (!live(c)) return invalid("tessera_client_last_error: not a client");
+TESSERA_API int tessera_client_last_error(const tessera_client_t* handle, char* buf, size_t cap, int32_t* code) {
+  const tessera_client* const c = g_clients.resolve(handle);
+  if (!live(c)) return invalid("tessera_client_last_error: not a live client (destroyed, or not a client handle)");
   std::lock_guard<std::mutex> lk(c->err_mu);
   if (code != nullptr) *code = c->err_code;
   if (buf != nullptr && cap > 0) {
@@ -568,9 +610,10 @@ TESSERA_API void tessera_pool_spec_ext_init(tessera_pool_spec_ext_t* ext) {
   ext->cancel_grace_ms = tessera::PoolSpec{}.cancel_grace.count();
 }
 
-TESSERA_API int tessera_client_workers(const tessera_client_t* c, tessera_worker_info_t* out, size_t max) {
+TESSERA_API int tessera_client_workers(const tessera_client_t* handle, tessera_worker_info_t* out, size_t max) {
+  const tessera_client* const c = g_clients.resolve(handle);
   return rec(c, guarded("tessera_client_workers", [&] {
-    if (!live(c)) return invalid("tessera_client_workers: not a client");
+    if (!live(c)) return invalid("tessera_client_workers: not a live client (destroyed, or not a client handle)");
     if (max > 0 && out == nullptr) return invalid("tessera_client_workers: out is NULL");
     const auto ws = c->c->workers();
     for (size_t i = 0; i < std::min(max, ws.size()); ++i) {
@@ -589,16 +632,21 @@ TESSERA_API int tessera_client_workers(const tessera_client_t* c, tessera_worker
   }));
 }
 
-TESSERA_API int tessera_client_arena_fd(const tessera_client_t* c) {
-  if (!live(c)) return invalid("tessera_client_arena_fd: not a client");
+TESSERA_API int tessera_client_arena_fd(const tessera_client_t* handle) {
+  const tessera_client* const c = g_clients.resolve(handle);
+  if (!live(c)) return invalid("tessera_client_arena_fd: not a live client (destroyed, or not a client handle)");
   return c->c->arena().fd();
 }
 
-TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* c) {
+TESSERA_API const void* tessera_client_arena_base(const tessera_client_t* handle) {
+  const tessera_client* const c = g_clients.resolve(handle);
   return live(c) ? static_cast<const void*>(c->c->arena().base()) : nullptr;
 }
 
-TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* c) { return live(c) ? c->c->arena().size() : 0; }
+TESSERA_API uint64_t tessera_client_arena_size(const tessera_client_t* handle) {
+  const tessera_client* const c = g_clients.resolve(handle);
+  return live(c) ? c->c->arena().size() : 0;
+}
 
 TESSERA_API size_t tessera_client_struct_size(int32_t id) {
   switch (id) {

@@ -12,6 +12,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,7 +22,9 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <thread>
+#include <time.h>
 
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
@@ -183,7 +188,8 @@ class OwnedRecord {
         else if (line[0] == '-') owned.erase(line.substr(1));
       }
       for (const auto& name : owned) {
-        if (name.find('/') == std::string::npos && boost::interprocess::shared_memory_object::remove(name.c_str())) ++unlinked;
+        // Only Appose names: a damaged record never makes us unlink anything else.
+        if (ap::is_shm_name(name) && boost::interprocess::shared_memory_object::remove(name.c_str())) ++unlinked;
       }
       std::filesystem::remove(e.path(), ec);
       spdlog::info("recovered the output segments of dead broker pid {}: {} unlinked", pid, owned.size());
@@ -197,49 +203,51 @@ class OwnedRecord {
   int fd_ = -1;
 };
 
-// Segments named in forwarded outputs: the broker owns them from then on.
+// Segments named in forwarded outputs: the broker owns them from then on, so it adopts
+// only segments a pool worker could have created: an Appose name (psm_ + hex, see
+// appose::is_shm_name), a regular object in /dev/shm owned by this user, changed no
+// earlier than this broker started (tmpfs stamps with the coarse real-time clock, read
+// here from the same clock). Anything else is refused with a clear error and left
+// untouched, so another application's segment is never unlinked.
 class OutputSegments {
  public:
-  explicit OutputSegments(OwnedRecord& record) : record_(record) {}
+  explicit OutputSegments(OwnedRecord& record) : record_(record) { ::clock_gettime(CLOCK_REALTIME_COARSE, &started_); }
 
   // Checks every shm object in `v`; returns an error naming the first bad field.
   std::optional<std::string> adopt(const json::value& v, const std::string& path) {
-    if (const auto* o = v.if_object()) {
-      const auto* t = o->if_contains("appose_type");
-      if (t != nullptr && t->is_string() && t->get_string() == "shm") {
-        const auto* name = o->if_contains("name");
-        const auto* rsize = o->if_contains("rsize");
-        if (name == nullptr || !name->is_string()) return path + ".name is missing or not a string";
-        const std::string n(name->get_string());
-        if (n.empty() || n.find('/') != std::string::npos || n.size() > 250) return path + ".name is not a valid segment name";
-        // Boost.Interprocess names the POSIX segment the same way Appose does (/name in
-        // /dev/shm; glibc's shm_open adds O_NOFOLLOW); it throws, so catch at this boundary.
-        namespace bip = boost::interprocess;
-        bip::offset_t size = -1;
-        try {
-          bip::shared_memory_object seg(bip::open_only, n.c_str(), bip::read_only);
-          if (!seg.get_size(size)) size = -1;
-        } catch (const bip::interprocess_exception& e) {
-          return fmt::format("{} names segment '{}' which does not exist ({})", path, n, e.what());
-        }
-        const std::int64_t want = (rsize != nullptr && rsize->is_int64()) ? rsize->get_int64()
-                                  : (rsize != nullptr && rsize->is_uint64()) ? static_cast<std::int64_t>(rsize->get_uint64())
-                                                                            : -1;
-        if (size < 0 || want < 0 || static_cast<std::int64_t>(size) < want) {
-          return fmt::format("{}: segment '{}' is smaller than its rsize or rsize is invalid", path, n);
-        }
-        std::lock_guard<std::mutex> lock(mu_);
-        if (names_.insert(n).second) record_.note('+', n);
-        return std::nullopt;
-      }
-      for (const auto& kv : *o) {
-        if (auto e = adopt(kv.value(), path + "." + std::string(kv.key()))) return e;
-      }
-    } else if (const auto* a = v.if_array()) {
-      for (std::size_t i = 0; i < a->size(); ++i) {
-        if (auto e = adopt((*a)[i], fmt::format("{}[{}]", path, i))) return e;
-      }
+    std::vector<ap::ShmRef> refs;
+    if (auto e = ap::collect_shm_refs(v, path, refs)) return e;
+    for (const auto& r : refs) {
+      if (auto e = check(r)) return e;
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& r : refs) {
+      if (names_.insert(r.name).second) record_.note('+', r.name);
+    }
+    return std::nullopt;
+  }
+
+  // Why the broker may not own `r`'s segment, or nullopt.
+  std::optional<std::string> check(const ap::ShmRef& r) const {
+    const std::string posix = "/" + r.name;
+    const int fd = ::shm_open(posix.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0) return fmt::format("{} names segment '{}' which cannot be opened ({})", r.path, r.name, std::strerror(errno));
+    struct stat st {};
+    const int rc = ::fstat(fd, &st);
+    ::close(fd);
+    if (rc < 0) return fmt::format("{}: segment '{}' cannot be inspected ({})", r.path, r.name, std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fmt::format("{}: '{}' is not a shared-memory segment", r.path, r.name);
+    if (st.st_uid != ::geteuid())
+      return fmt::format("{}: segment '{}' belongs to uid {}, not to this broker: not adopted, left untouched", r.path, r.name,
+                         st.st_uid);
+    const bool older = st.st_ctim.tv_sec < started_.tv_sec ||
+                       (st.st_ctim.tv_sec == started_.tv_sec && st.st_ctim.tv_nsec < started_.tv_nsec);
+    if (older)
+      return fmt::format("{}: segment '{}' existed before this broker started, so no pool worker created it: not adopted, "
+                         "left untouched",
+                         r.path, r.name);
+    if (st.st_size < r.rsize)
+      return fmt::format("{}: segment '{}' has {} bytes, fewer than its rsize {}", r.path, r.name, st.st_size, r.rsize);
     return std::nullopt;
   }
 
@@ -272,8 +280,87 @@ class OutputSegments {
 
  private:
   OwnedRecord& record_;
+  timespec started_{};
   std::mutex mu_;
   std::set<std::string> names_;
+};
+
+// Runs the blocking operations (workers.start waits for its workers) off the request
+// thread, on at most kThreads threads that are joined at shutdown: a burst of requests
+// queues (at most kMaxQueued) instead of starting a thread each. A request that cannot
+// be queued, or whose thread cannot be created, is refused with the reason, which the
+// caller answers as that request's FAILURE; the broker goes on.
+class BlockingOps {
+ public:
+  static constexpr std::size_t kThreads = 2;
+  static constexpr std::size_t kMaxQueued = 1024;
+
+  BlockingOps() = default;
+  BlockingOps(const BlockingOps&) = delete;
+  BlockingOps& operator=(const BlockingOps&) = delete;
+  ~BlockingOps() { stop(); }
+
+  // nullopt when `job` will run; otherwise why not.
+  std::optional<std::string> post(std::function<void()> job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stopping_) return std::string("broker is shutting down");
+    if (jobs_.size() >= kMaxQueued)
+      return fmt::format("{} blocking requests are already waiting: try again later", jobs_.size());
+    jobs_.push_back(std::move(job));
+    if (idle_ == 0 && threads_.size() < kThreads) {
+      try {
+        threads_.emplace_back([this] { run(); });
+      } catch (const std::system_error& e) {
+        if (threads_.empty()) {  // nobody would ever run it
+          jobs_.pop_back();
+          return fmt::format("cannot start a thread for it: {}", e.what());
+        }
+        spdlog::warn("cannot start another blocking-operation thread ({}): queued for the {} running", e.what(),
+                     threads_.size());
+      }
+    }
+    cv_.notify_one();
+    return std::nullopt;
+  }
+
+  // Runs what is queued, then joins every thread.
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+
+  std::size_t threads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return threads_.size();
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      ++idle_;
+      cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      if (jobs_.empty()) return;  // stopping, nothing left
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  std::size_t idle_ = 0;
+  bool stopping_ = false;
 };
 
 // Service.init() of the host: appose writes the script to a file named by
@@ -351,15 +438,17 @@ class Sessions {
   std::map<std::string, int> sessions_;
 };
 
-template <class T>
-std::optional<T> get_num(const json::object& o, const char* key) {
-  const auto* v = o.if_contains(key);
-  if (v == nullptr) return std::nullopt;
-  if (v->is_int64()) return static_cast<T>(v->get_int64());
-  if (v->is_uint64()) return static_cast<T>(v->get_uint64());
-  if (v->is_double()) return static_cast<T>(v->get_double());
+// A request field that must be an integer in [min, max]; the error names the op and field.
+std::optional<std::string> read_int(const json::object& in, const char* op, const char* key, std::int64_t min,
+                                    std::int64_t max, std::optional<std::int64_t>& out) {
+  ap::IntField f = ap::int_field(in, key, min, max);
+  if (f.error) return std::string(op) + ": " + *f.error;
+  out = f.value;
   return std::nullopt;
 }
+
+constexpr std::int64_t kMaxMs = 7LL * 24 * 3600 * 1000;  // a week: any longer is a mistake
+constexpr std::int64_t kMaxStartCount = 256;              // workers per workers.start
 
 Result<ApposeWorkerSpec> spec_from(const json::object& in) {
   ApposeWorkerSpec s;
@@ -369,11 +458,18 @@ Result<ApposeWorkerSpec> spec_from(const json::object& in) {
   }
   for (const auto& a : argv->get_array()) {
     if (!a.is_string()) return fail(Errc::invalid_argument, "workers.start: 'argv' must contain strings only");
+    if (auto e = ap::check_c_string(a.get_string(), "argv")) return fail(Errc::invalid_argument, "workers.start: " + *e);
     s.argv.emplace_back(a.get_string());
   }
   if (const auto* env = in.if_contains("env"); env != nullptr && env->is_object()) {
     for (const auto& kv : env->get_object()) {
-      if (kv.value().is_string()) s.env[std::string(kv.key())] = std::string(kv.value().get_string());
+      if (!kv.value().is_string()) continue;
+      const std::string field = "env." + std::string(kv.key());
+      if (kv.key().empty() || kv.key().find('=') != std::string_view::npos)
+        return fail(Errc::invalid_argument, "workers.start: '" + field + "' is not a valid variable name");
+      if (auto e = ap::check_c_string(kv.key(), field)) return fail(Errc::invalid_argument, "workers.start: " + *e);
+      if (auto e = ap::check_c_string(kv.value().get_string(), field)) return fail(Errc::invalid_argument, "workers.start: " + *e);
+      s.env[std::string(kv.key())] = std::string(kv.value().get_string());
     }
   }
   for (const char* key : {"env_allow", "init", "init_scripts"}) {
@@ -385,11 +481,20 @@ Result<ApposeWorkerSpec> spec_from(const json::object& in) {
       }
     }
   }
-  if (auto v = get_num<std::int64_t>(in, "ready_timeout_ms")) s.ready_timeout = std::chrono::milliseconds(*v);
-  if (auto v = get_num<std::int64_t>(in, "task_deadline_ms")) s.task_deadline = std::chrono::milliseconds(*v);
-  if (auto v = get_num<std::int64_t>(in, "cancel_grace_ms")) s.cancel_grace = std::chrono::milliseconds(*v);
-  if (auto v = get_num<int>(in, "max_task_retries")) s.max_task_retries = *v;
-  if (auto v = get_num<int>(in, "max_start_failures")) s.max_start_failures = *v;
+  std::optional<std::int64_t> v;
+  const auto field = [&](const char* key, std::int64_t min, std::int64_t max) -> std::optional<std::string> {
+    return read_int(in, "workers.start", key, min, max, v);
+  };
+  if (auto e = field("ready_timeout_ms", 0, kMaxMs)) return fail(Errc::invalid_argument, *e);
+  if (v) s.ready_timeout = std::chrono::milliseconds(*v);
+  if (auto e = field("task_deadline_ms", 0, kMaxMs)) return fail(Errc::invalid_argument, *e);
+  if (v) s.task_deadline = std::chrono::milliseconds(*v);
+  if (auto e = field("cancel_grace_ms", 0, kMaxMs)) return fail(Errc::invalid_argument, *e);
+  if (v) s.cancel_grace = std::chrono::milliseconds(*v);
+  if (auto e = field("max_task_retries", 0, 1000)) return fail(Errc::invalid_argument, *e);
+  if (v) s.max_task_retries = static_cast<int>(*v);
+  if (auto e = field("max_start_failures", 0, 1000)) return fail(Errc::invalid_argument, *e);
+  if (v) s.max_start_failures = static_cast<int>(*v);
   return s;
 }
 
@@ -457,8 +562,7 @@ int run_appose(const Options& opts) {
   }
   std::unique_ptr<ApposeRouter> sup = std::move(*created);
   std::atomic<bool> accepting{true};
-  std::mutex ops_mu;
-  std::vector<std::thread> ops;  // blocking operations (workers.start)
+  BlockingOps ops;  // workers.start: bounded threads, joined before `sup` goes
   std::uint64_t bad_requests = 0;
   bool shutdown_requested = false;
 
@@ -484,6 +588,7 @@ int run_appose(const Options& opts) {
       json::object o = stats_json(sup->stats());
       o["bad_requests"] = bad_requests;
       o["output_segments"] = segments.size();
+      o["blocking_threads"] = ops.threads();
       r.outputs = std::move(o);
       host.emit(std::move(r));
     } else if (op == "workers.start") {
@@ -493,9 +598,13 @@ int run_appose(const Options& opts) {
         return;
       }
       if (host_init) spec->init_scripts.insert(spec->init_scripts.begin(), *host_init);
-      const int count = get_num<int>(req.inputs, "count").value_or(1);
-      std::lock_guard<std::mutex> lock(ops_mu);
-      ops.emplace_back([&, id, count, s = std::move(*spec)] {
+      std::optional<std::int64_t> n;
+      if (auto e = read_int(req.inputs, "workers.start", "count", 1, kMaxStartCount, n)) {
+        host.emit(failure(id, *e));
+        return;
+      }
+      const int count = static_cast<int>(n.value_or(1));
+      auto refused = ops.post([&, id, count, s = std::move(*spec)] {
         json::array ids, pids;
         for (int i = 0; i < count; ++i) {
           auto w = sup->add_worker(s);
@@ -511,6 +620,7 @@ int run_appose(const Options& opts) {
         r.outputs = json::object{{"workers", ids}, {"pids", pids}};
         host.emit(std::move(r));
       });
+      if (refused) host.emit(failure(id, "workers.start: " + *refused));
     } else if (op == "worker.run") {
       const auto* script = req.inputs.if_contains("script");
       if (script == nullptr || !script->is_string()) {
@@ -519,7 +629,12 @@ int run_appose(const Options& opts) {
       }
       json::object inner;
       if (const auto* in = req.inputs.if_contains("inputs"); in != nullptr && in->is_object()) inner = in->get_object();
-      int worker = get_num<int>(req.inputs, "worker").value_or(-1);
+      std::optional<std::int64_t> pinned;
+      if (auto e = read_int(req.inputs, "worker.run", "worker", -1, INT32_MAX, pinned)) {
+        host.emit(failure(id, *e));
+        return;
+      }
+      int worker = static_cast<int>(pinned.value_or(-1));
       if (const auto* s = req.inputs.if_contains("session"); s != nullptr && !s->is_null() && worker < 0) {
         const std::string key = s->is_string() ? std::string(s->get_string()) : ap::to_ascii_json(*s);
         worker = sessions.pick(key);
@@ -557,8 +672,14 @@ int run_appose(const Options& opts) {
     } else if (op == "workers.stop") {
       std::vector<int> which;
       if (const auto* a = req.inputs.if_contains("workers"); a != nullptr && a->is_array()) {
-        for (const auto& v : a->get_array()) {
-          if (v.is_int64()) which.push_back(static_cast<int>(v.get_int64()));
+        for (std::size_t i = 0; i < a->get_array().size(); ++i) {
+          const json::value& v = a->get_array()[i];
+          if (!v.is_int64() || v.get_int64() < 0 || v.get_int64() > INT32_MAX) {
+            host.emit(failure(id, fmt::format("workers.stop: 'workers[{}]' must be a worker id (an integer in 0..{}), got {}", i,
+                                              INT32_MAX, ap::to_ascii_json(v))));
+            return;
+          }
+          which.push_back(static_cast<int>(v.get_int64()));
         }
       } else {
         which = sessions.live();
@@ -635,10 +756,7 @@ int run_appose(const Options& opts) {
   accepting.store(false, std::memory_order_relaxed);  // relaxed: read by this thread only
   spdlog::info("shutting down ({})", eof ? "stdin EOF" : "requested");
   sup->shutdown();
-  {
-    std::lock_guard<std::mutex> lock(ops_mu);
-    for (auto& t : ops) t.join();
-  }
+  ops.stop();
   for (const auto& id : host.open_ids()) host.emit(failure(id, "broker shut down before the task finished"));
   const std::size_t unlinked = segments.release_all();
   if (unlinked != 0) spdlog::info("unlinked {} output segment(s) the host did not release", unlinked);

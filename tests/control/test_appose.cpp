@@ -380,3 +380,17 @@ TEST(LineFramer, FinishReturnsTrailingPartialLine) {
   EXPECT_EQ(*rest, "bc");
   EXPECT_FALSE(f.finish().has_value());
 }
+
+// Found by tessera_fuzz_appose_json: keys differing only in invalid UTF-8 bytes became one
+// key once emitted (both bad bytes turn into U+FFFD), so the line did not round-trip.
+TEST(ApposeParse, ObjectKeysThatAreNotUtf8AreMalformedSoEveryEmittedLineRoundTrips) {
+  const auto bad = tessera::appose::parse_object("{\"\xa0x\":1,\"\xddx\":2}");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().code, tessera::appose::ParseErrc::malformed);
+  const auto ok = tessera::appose::parse_object("{\"\xef\xbf\xbdx\":1,\"v\":\"\xa0 bad bytes in values stay lenient\"}");
+  ASSERT_TRUE(ok.has_value());
+  const std::string e = tessera::appose::to_ascii_json(ok.value());
+  const auto again = tessera::appose::parse_object(e);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(tessera::appose::to_ascii_json(again.value()), e);
+}

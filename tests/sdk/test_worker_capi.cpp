@@ -258,6 +258,83 @@ TEST(WorkerCApi, BadArgumentsAreErrorsNotCrashes) {
   tessera_worker_close(nullptr);
 }
 
+TEST(WorkerCApi, AllocOutputRejectsAShapeWhoseByteCountOverflows) {
+  InProcess p;
+  tessera_worker_t* w = p.open();
+  // The product wraps to 4096 in 64 bits: a block that small exists, so a wrap would succeed.
+  const std::uint32_t wraps[4] = {4294967295u, 4294967295u, 12288u, 2863311531u};
+  void* data = nullptr;
+  tessera_output_t out = 0;
+  EXPECT_EQ(tessera_worker_alloc_output(w, TESSERA_DTYPE_UINT8, wraps, 4, &data, nullptr, &out), -TESSERA_EINVAL);
+  EXPECT_NE(std::string(tessera_last_error()).find("overflows"), std::string::npos) << tessera_last_error();
+  EXPECT_EQ(out, 0u);
+  EXPECT_EQ(data, nullptr);
+  EXPECT_EQ(tessera::Slab::count_held(p.client->arena(), p.ews[0].slot), 0u);
+}
+
+// Object handles (tessera_client_t*, tessera_worker_t*) of destroyed objects are stale,
+// never dereferenced: under the asan preset a dereference would be a heap-use-after-free.
+TEST(CAbiObjectHandles, ClientUseAfterDestroyAndDoubleDestroyAreEinval) {
+  const tessera_size_class_t classes[1] = {{4096, 8}};
+  tessera_client_options_t o;
+  tessera_client_options_init(&o);
+  o.classes = classes;
+  o.n_classes = 1;
+  o.n_rings = 2;
+  o.prefault = 0;
+  tessera_client_t* c = nullptr;
+  ASSERT_EQ(tessera_client_create(&o, &c), 0) << tessera_last_error();
+  std::uint32_t stream = 0;
+  ASSERT_EQ(tessera_client_open_stream(c, nullptr, &stream), 0) << tessera_last_error();
+  tessera_client_destroy(c);
+  EXPECT_EQ(tessera_client_open_stream(c, nullptr, &stream), -TESSERA_EINVAL);
+  EXPECT_NE(std::string(tessera_last_error()).find("not a live client"), std::string::npos) << tessera_last_error();
+  void* data = nullptr;
+  tessera_block_t block = 0;
+  EXPECT_EQ(tessera_client_alloc(c, 64, 0, &data, nullptr, &block), -TESSERA_EINVAL);
+  EXPECT_EQ(tessera_client_in_flight(c), 0u);
+  EXPECT_EQ(tessera_client_arena_base(c), nullptr);
+  char buf[64];
+  EXPECT_EQ(tessera_client_last_error(c, buf, sizeof buf, nullptr), -TESSERA_EINVAL);
+  tessera_client_destroy(c);  // double destroy: detected, nothing freed twice
+  EXPECT_NE(std::string(tessera_last_error()).find("destroyed twice"), std::string::npos) << tessera_last_error();
+
+  // A new client may get the old one's memory; the old handle stays stale all the same.
+  tessera_client_t* c2 = nullptr;
+  ASSERT_EQ(tessera_client_create(&o, &c2), 0) << tessera_last_error();
+  EXPECT_NE(c2, c);
+  EXPECT_EQ(tessera_client_open_stream(c, nullptr, &stream), -TESSERA_EINVAL);
+  EXPECT_EQ(tessera_client_open_stream(c2, nullptr, &stream), 0) << tessera_last_error();
+  // Forged: an ordinary address, a worker's handle, garbage bits.
+  int not_a_client = 0;
+  EXPECT_EQ(tessera_client_open_stream(reinterpret_cast<tessera_client_t*>(&not_a_client), nullptr, &stream), -TESSERA_EINVAL);
+  EXPECT_EQ(tessera_client_open_stream(reinterpret_cast<tessera_client_t*>(std::uintptr_t{0xdeadbeefc1}), nullptr, &stream),
+            -TESSERA_EINVAL);
+  tessera_client_destroy(reinterpret_cast<tessera_client_t*>(&not_a_client));  // not freed: not ours
+  tessera_client_destroy(c2);
+}
+
+TEST(CAbiObjectHandles, WorkerUseAfterCloseAndDoubleCloseAreEinval) {
+  InProcess p;
+  tessera_worker_t* w = p.open();
+  p.workers.clear();
+  tessera_worker_close(w);
+  tessera_tile_t t = 0;
+  EXPECT_EQ(tessera_worker_take(w, &t, 1, 0), -TESSERA_EINVAL);
+  EXPECT_NE(std::string(tessera_last_error()).find("not a live worker"), std::string::npos) << tessera_last_error();
+  EXPECT_EQ(tessera_worker_slot(w), -TESSERA_EINVAL);
+  EXPECT_EQ(tessera_worker_request_stop(w), -TESSERA_EINVAL);
+  tessera_worker_close(w);  // double close
+  EXPECT_NE(std::string(tessera_last_error()).find("closed twice"), std::string::npos) << tessera_last_error();
+  // A client handle is not a worker handle, and the other way round.
+  tessera_worker_t* w2 = p.open();
+  EXPECT_EQ(tessera_worker_slot(reinterpret_cast<tessera_worker_t*>(p.client.get())), -TESSERA_EINVAL);
+  tessera_client_t* as_client = reinterpret_cast<tessera_client_t*>(w2);
+  std::uint32_t stream = 0;
+  EXPECT_EQ(tessera_client_open_stream(as_client, nullptr, &stream), -TESSERA_EINVAL);
+  EXPECT_GE(tessera_worker_slot(w2), 0) << tessera_last_error();
+}
+
 TEST(WorkerCApi, RequestStopEndsTake) {
   InProcess p;
   tessera_worker_t* w = p.open();

@@ -2,6 +2,7 @@
 // error isolation, forged/stale/foreign requests, kill -9 mid-tile.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <set>
 
 #include <tessera/ring.hpp>
@@ -52,6 +53,46 @@ TEST(WorkerDataPath, WorkerReadsTheClientsBlockInPlaceAndTheClientReadsTheWorker
     EXPECT_EQ(o[1], offset_in(rig.client->arena(), r.output.view().data()))
         << "the client reads the result somewhere else than where the worker wrote it";
     EXPECT_EQ(o[2], sums[static_cast<std::size_t>(i)]) << "the worker saw other bytes";
+  }
+}
+
+// The example worker's op 1 (mean of every byte) against a plain loop: a constant tile of
+// every byte value 0..255, and random tiles long enough for several SWAR flushes plus a tail.
+TEST(ExampleWorker, MeanOfEveryByteIsExactForEveryByteValue) {
+  Rig rig;
+  rig.add({kTissue});
+  auto s = rig.client->open_stream({.ordering = tessera::Ordering::submission}).value();
+  std::vector<float> expect;
+  const auto submit = [&](const std::vector<std::uint8_t>& bytes) {
+    tessera::InputBlock in;
+    ASSERT_TRUE(rig.client->alloc(bytes.size(), in, 5s).has_value());
+    std::memcpy(in.bytes().data(), bytes.data(), bytes.size());
+    std::uint64_t sum = 0;
+    for (const std::uint8_t v : bytes) sum += v;
+    expect.push_back(static_cast<float>(static_cast<double>(sum) / static_cast<double>(bytes.size())));
+    const auto len = static_cast<std::uint32_t>(bytes.size());
+    ASSERT_TRUE(rig.client->submit(s, in, {.dtype = tessera::DType::UInt8, .shape = {len}, .op = 1}).has_value());
+  };
+  for (int v = 0; v < 256; ++v) submit(std::vector<std::uint8_t>(16 * 16 * 3, static_cast<std::uint8_t>(v)));
+  submit(std::vector<std::uint8_t>(65536, 255));  // 8,192 words: 64 flushes of full lanes
+  std::uint64_t x = 0x9E3779B97F4A7C15ull;  // xorshift: a fixed, replayable stream
+  for (const std::size_t len : {std::size_t{12291}, std::size_t{65533}, std::size_t{7}}) {
+    std::vector<std::uint8_t> bytes(len);
+    for (auto& b : bytes) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      b = static_cast<std::uint8_t>(x >> 56);
+    }
+    submit(bytes);
+  }
+  auto got = rig.collect(expect.size());
+  ASSERT_EQ(got.size(), expect.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].outcome, Outcome::completed) << got[i].error;
+    const auto o = got[i].output.view().as<const float>();
+    ASSERT_EQ(o.size(), 1u);
+    EXPECT_EQ(o[0], expect[i]) << "tile " << i << (i < 256 ? " (constant " + std::to_string(i) + ")" : " (random)");
   }
 }
 
@@ -268,4 +309,44 @@ TEST(WorkerDataPath, KillNineMidTileReturnsItsBlocksAndEveryTileGetsExactlyOneOu
   EXPECT_TRUE(extra.empty()) << "more outcomes than tiles";
   got.clear();
   EXPECT_EQ(tessera::Slab::count_held(rig.client->arena(), tessera::kNoSlot), 0u);
+}
+
+TEST_F(ForgedRequests, AShapeWhoseByteCountOverflowsOrIsEmptyIsRejectedBeforeAnyHandler) {
+  tessera::Slab slab(rig_.client->arena(), client_slot_);
+  // 4294967295 * 4294967295 * 12288 * 2863311531 wraps to 4096 in 64 bits.
+  const tessera::Shape wraps{4294967295u, 4294967295u, 12288u, 2863311531u};
+  std::uint64_t seq = 1;
+  for (const std::uint64_t nbytes : {std::uint64_t{4096}, std::uint64_t{0}}) {
+    tessera::BlockView b;
+    ASSERT_EQ(slab.try_alloc(4096, b), tessera::AllocStatus::ok);
+    const auto r = roundtrip(request(seq++, b.handle.raw, tessera::DType::UInt8, wraps, nbytes));
+    EXPECT_EQ(r.kind(), tessera::fb::Kind::Error) << "nbytes " << nbytes;
+    EXPECT_EQ(r.status(), static_cast<std::uint16_t>(tessera::TileStatus::BadInput)) << "nbytes " << nbytes;
+    EXPECT_NE(take_block(r).find("input tensor invalid"), std::string::npos);
+    EXPECT_EQ(slab.free(b.handle), tessera::Errc::ok);
+  }
+  {  // a zero dimension: 0 bytes stated, 0 computed, still no tile
+    tessera::BlockView b;
+    ASSERT_EQ(slab.try_alloc(4096, b), tessera::AllocStatus::ok);
+    const auto r = roundtrip(request(seq++, b.handle.raw, tessera::DType::UInt8, {16, 16, 3, 0}, 0));
+    EXPECT_EQ(r.status(), static_cast<std::uint16_t>(tessera::TileStatus::BadInput));
+    (void)take_block(r);
+    EXPECT_EQ(slab.free(b.handle), tessera::Errc::ok);
+  }
+  {  // the client side refuses the same shape at the call
+    tessera::InputBlock in;
+    ASSERT_TRUE(rig_.client->alloc(4096, in, 1s).has_value());
+    tessera::TileMeta m;
+    m.shape = wraps;
+    const auto st = rig_.client->open_stream().value();
+    const auto sub = rig_.client->submit(st, in, m);
+    ASSERT_FALSE(sub.has_value());
+    EXPECT_EQ(sub.error().code, tessera::Errc::invalid_argument);
+    EXPECT_NE(sub.error().message.find("overflows"), std::string::npos) << sub.error().message;
+  }
+  ASSERT_TRUE(worker_->execute("st", "tessera.stats"));
+  auto done = worker_->await_terminal("st");
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->outputs->at("rejected").to_number<std::uint64_t>(), 3u);
+  EXPECT_EQ(tessera::Slab::count_held(rig_.client->arena(), rig_.ews[0].slot), 0u);
 }

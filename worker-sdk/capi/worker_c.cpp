@@ -45,7 +45,13 @@ struct tessera_worker {
 
 namespace {
 
+// Every worker handle the ABI hands out; calls resolve the caller's pointer here first.
+constinit tessera::capi::ObjectRegistry<tessera_worker, 0xB1> g_workers;
+
+// `w` is a resolved handle (nullptr when stale, forged or closed).
 bool live(const tessera_worker* w) noexcept { return w != nullptr && w->magic == tessera_worker::kMagic && w->w != nullptr; }
+
+tessera_worker_t* as_handle(std::uint64_t h) noexcept { return reinterpret_cast<tessera_worker_t*>(static_cast<std::uintptr_t>(h)); }
 
 tessera::WorkerOptions to_options(const tessera_worker_options_t* o) noexcept {
   tessera::WorkerOptions wo;
@@ -88,22 +94,35 @@ TESSERA_API int tessera_worker_open_env(const tessera_worker_options_t* opts, te
     auto h = std::make_unique<tessera_worker>(false);
     h->owned = std::move(*w);
     h->w = h->owned.get();
-    *out = h.release();
+    const std::uint64_t handle = g_workers.insert(h.get());
+    if (handle == 0) return set_error(Errc::no_space, "tessera_worker_open_env: more than 4096 live workers in this process");
+    h.release();  // owned by the registry's handle until tessera_worker_close
+    *out = as_handle(handle);
     return 0;
   });
 }
 
-TESSERA_API void tessera_worker_close(tessera_worker_t* w) {
-  if (w == nullptr || w->magic != tessera_worker::kMagic || w->serve_mode) return;
+TESSERA_API void tessera_worker_close(tessera_worker_t* handle) {
+  if (handle == nullptr) return;
+  {
+    const tessera_worker* serving = g_workers.resolve(handle);
+    if (serving != nullptr && serving->serve_mode) return;  // tessera_worker_serve owns it
+  }
+  tessera_worker* const w = g_workers.retire(handle);
+  if (w == nullptr) {  // closed before, or never a worker: nothing is touched
+    (void)invalid("tessera_worker_close: not a live worker (closed twice, or not a worker handle)");
+    return;
+  }
   try {
     delete w;
   } catch (...) {  // destructors here do not throw; belt and braces at the boundary
   }
 }
 
-TESSERA_API int tessera_worker_take(tessera_worker_t* w, tessera_tile_t* tiles, size_t max, int64_t timeout_ns) {
+TESSERA_API int tessera_worker_take(tessera_worker_t* handle, tessera_tile_t* tiles, size_t max, int64_t timeout_ns) {
+  tessera_worker* const w = g_workers.resolve(handle);
   return guarded("tessera_worker_take", [&] {
-    if (!live(w)) return invalid("tessera_worker_take: not a worker");
+    if (!live(w)) return invalid("tessera_worker_take: not a live worker (closed, or not a worker handle)");
     if (w->serve_mode) return invalid("tessera_worker_take: tiles are handed to the serve() callback");
     if (tiles == nullptr || max == 0) return invalid("tessera_worker_take: no room for tiles");
     max = std::min<size_t>(max, INT_MAX);
@@ -120,8 +139,9 @@ TESSERA_API int tessera_worker_take(tessera_worker_t* w, tessera_tile_t* tiles, 
   });
 }
 
-TESSERA_API int tessera_worker_tile_info(tessera_worker_t* w, tessera_tile_t tile, tessera_tile_info_t* out) {
-  if (!live(w)) return invalid("tessera_worker_tile_info: not a worker");
+TESSERA_API int tessera_worker_tile_info(tessera_worker_t* handle, tessera_tile_t tile, tessera_tile_info_t* out) {
+  tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_tile_info: not a live worker (closed, or not a worker handle)");
   if (out == nullptr) return invalid("tessera_worker_tile_info: out is NULL");
   const tessera::Tile* t = w->tiles.find(tile, "tessera_worker_tile_info");
   if (t == nullptr) return tessera_last_error_code();
@@ -149,17 +169,19 @@ TESSERA_API int tessera_worker_tile_info(tessera_worker_t* w, tessera_tile_t til
   return 0;
 }
 
-TESSERA_API int tessera_worker_cancel_requested(tessera_worker_t* w, tessera_tile_t tile) {
-  if (!live(w)) return invalid("tessera_worker_cancel_requested: not a worker");
+TESSERA_API int tessera_worker_cancel_requested(tessera_worker_t* handle, tessera_tile_t tile) {
+  tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_cancel_requested: not a live worker (closed, or not a worker handle)");
   const tessera::Tile* t = w->tiles.find(tile, "tessera_worker_cancel_requested");
   if (t == nullptr) return tessera_last_error_code();
   return t->cancel_requested() ? 1 : 0;
 }
 
-TESSERA_API int tessera_worker_alloc_output(tessera_worker_t* w, int32_t dtype, const uint32_t* shape, uint32_t ndim,
+TESSERA_API int tessera_worker_alloc_output(tessera_worker_t* handle, int32_t dtype, const uint32_t* shape, uint32_t ndim,
                                             void** data, uint64_t* capacity, tessera_output_t* out) {
+  tessera_worker* const w = g_workers.resolve(handle);
   return guarded("tessera_worker_alloc_output", [&] {
-    if (!live(w)) return invalid("tessera_worker_alloc_output: not a worker");
+    if (!live(w)) return invalid("tessera_worker_alloc_output: not a live worker (closed, or not a worker handle)");
     if (out == nullptr || data == nullptr) return invalid("tessera_worker_alloc_output: out/data is NULL");
     *out = 0;
     *data = nullptr;
@@ -174,8 +196,13 @@ TESSERA_API int tessera_worker_alloc_output(tessera_worker_t* w, int32_t dtype, 
     if (st == tessera::AllocStatus::no_space)
       return set_error(Errc::no_space, "tessera_worker_alloc_output: no block free");
     if (st != tessera::AllocStatus::ok)
-      return set_error(Errc::invalid_argument, "tessera_worker_alloc_output: no block class holds " +
-                                                   std::to_string(s.elements() * tessera_dtype_size(dtype)) + " bytes");
+      return set_error(Errc::invalid_argument,
+                       "tessera_worker_alloc_output: shape " + s.str() + " of " +
+                           std::string(tessera::dtype_name(static_cast<tessera::DType>(dtype))) +
+                           (tessera::tensor_nbytes(static_cast<tessera::DType>(dtype), s)
+                                ? " needs " + std::to_string(*tessera::tensor_nbytes(static_cast<tessera::DType>(dtype), s)) +
+                                      " bytes; no block class holds that many"
+                                : std::string(" overflows a 64-bit byte count")));
     *data = ob.view().data();
     if (capacity != nullptr) *capacity = ob.view().capacity();
     *out = w->outputs.insert(std::move(ob));
@@ -183,15 +210,17 @@ TESSERA_API int tessera_worker_alloc_output(tessera_worker_t* w, int32_t dtype, 
   });
 }
 
-TESSERA_API int tessera_worker_free_output(tessera_worker_t* w, tessera_output_t output) {
-  if (!live(w)) return invalid("tessera_worker_free_output: not a worker");
+TESSERA_API int tessera_worker_free_output(tessera_worker_t* handle, tessera_output_t output) {
+  tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_free_output: not a live worker (closed, or not a worker handle)");
   if (w->outputs.find(output, "tessera_worker_free_output") == nullptr) return tessera_last_error_code();
   w->outputs.erase(output);  // OutputBlock's reset frees the block
   return 0;
 }
 
-TESSERA_API int tessera_worker_publish(tessera_worker_t* w, tessera_tile_t tile, tessera_output_t output) {
-  if (!live(w)) return invalid("tessera_worker_publish: not a worker");
+TESSERA_API int tessera_worker_publish(tessera_worker_t* handle, tessera_tile_t tile, tessera_output_t output) {
+  tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_publish: not a live worker (closed, or not a worker handle)");
   tessera::Tile* t = w->tiles.find(tile, "tessera_worker_publish");
   if (t == nullptr) return tessera_last_error_code();
   tessera::OutputBlock* ob = w->outputs.find(output, "tessera_worker_publish");
@@ -202,8 +231,9 @@ TESSERA_API int tessera_worker_publish(tessera_worker_t* w, tessera_tile_t tile,
   return from_errc(rc, "tessera_worker_publish");
 }
 
-TESSERA_API int tessera_worker_fail(tessera_worker_t* w, tessera_tile_t tile, int32_t status, const char* message) {
-  if (!live(w)) return invalid("tessera_worker_fail: not a worker");
+TESSERA_API int tessera_worker_fail(tessera_worker_t* handle, tessera_tile_t tile, int32_t status, const char* message) {
+  tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_fail: not a live worker (closed, or not a worker handle)");
   if (status <= TESSERA_TILE_OK || status > TESSERA_TILE_UNSUPPORTED)
     return invalid("tessera_worker_fail: status must be a tessera_tile_status other than OK");
   tessera::Tile* t = w->tiles.find(tile, "tessera_worker_fail");
@@ -213,8 +243,9 @@ TESSERA_API int tessera_worker_fail(tessera_worker_t* w, tessera_tile_t tile, in
   return from_errc(rc, "tessera_worker_fail");
 }
 
-TESSERA_API int tessera_worker_cancel(tessera_worker_t* w, tessera_tile_t tile) {
-  if (!live(w)) return invalid("tessera_worker_cancel: not a worker");
+TESSERA_API int tessera_worker_cancel(tessera_worker_t* handle, tessera_tile_t tile) {
+  tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_cancel: not a live worker (closed, or not a worker handle)");
   tessera::Tile* t = w->tiles.find(tile, "tessera_worker_cancel");
   if (t == nullptr) return tessera_last_error_code();
   const Errc rc = w->w->cancel(*t);
@@ -222,23 +253,26 @@ TESSERA_API int tessera_worker_cancel(tessera_worker_t* w, tessera_tile_t tile) 
   return from_errc(rc, "tessera_worker_cancel");
 }
 
-TESSERA_API int tessera_worker_request_stop(tessera_worker_t* w) {
+TESSERA_API int tessera_worker_request_stop(tessera_worker_t* handle) {
+  tessera_worker* const w = g_workers.resolve(handle);
   // Async-signal-safe: no error text is recorded here.
   if (!live(w)) return -TESSERA_EINVAL;
   w->w->request_stop();
   return 0;
 }
 
-TESSERA_API int tessera_worker_stats(const tessera_worker_t* w, tessera_worker_stats_t* out) {
-  if (!live(w)) return invalid("tessera_worker_stats: not a worker");
+TESSERA_API int tessera_worker_stats(const tessera_worker_t* handle, tessera_worker_stats_t* out) {
+  const tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_stats: not a live worker (closed, or not a worker handle)");
   if (out == nullptr) return invalid("tessera_worker_stats: out is NULL");
   const auto s = w->w->stats();
   *out = tessera_worker_stats_t{s.taken, s.published, s.failed, s.canceled, s.rejected};
   return 0;
 }
 
-TESSERA_API int tessera_worker_slot(const tessera_worker_t* w) {
-  if (!live(w)) return invalid("tessera_worker_slot: not a worker");
+TESSERA_API int tessera_worker_slot(const tessera_worker_t* handle) {
+  const tessera_worker* const w = g_workers.resolve(handle);
+  if (!live(w)) return invalid("tessera_worker_slot: not a live worker (closed, or not a worker handle)");
   return static_cast<int>(w->w->slot());
 }
 
@@ -263,6 +297,13 @@ TESSERA_API int tessera_worker_serve(tessera_worker_handler_fn handler, void* us
     so.max_batch = std::max<uint32_t>(o.max_batch, 1);
     so.take_timeout = std::chrono::milliseconds(std::max<uint32_t>(o.take_timeout_ms, 1));
     tessera_worker wrapper(true);
+    const std::uint64_t wrapper_handle = g_workers.insert(&wrapper);
+    if (wrapper_handle == 0) return set_error(Errc::no_space, "tessera_worker_serve: more than 4096 live workers in this process");
+    // The handler's handle dies with this call (stale afterwards, never dangling).
+    struct Unregister {
+      std::uint64_t h;
+      ~Unregister() { (void)g_workers.retire(as_handle(h)); }
+    } unregister{wrapper_handle};
     return tessera::serve(
         [&](tessera::Worker& worker, tessera::Tile& tile) {
           wrapper.w = &worker;
@@ -270,7 +311,7 @@ TESSERA_API int tessera_worker_serve(tessera_worker_handler_fn handler, void* us
           tessera::capi::clear_error();
           std::string why;
           try {
-            const int r = handler(&wrapper, h, user_data);
+            const int r = handler(as_handle(wrapper_handle), h, user_data);
             if (r < 0) {
               why = tessera_last_error();
               if (why.empty()) why = std::string("handler returned ") + tessera_strerror(r);

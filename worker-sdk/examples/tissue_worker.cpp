@@ -40,7 +40,9 @@ void mask(tessera::Worker& w, tessera::Tile& t) {
   (void)w.publish(t, out);
 }
 
-// Sum of all bytes, 8 at a time (SWAR: two bytes per 16-bit lane, flushed before a lane can overflow).
+// Sum of all bytes, 8 at a time (SWAR: two bytes per 16-bit lane, flushed before a lane can
+// overflow: 128 words x 2 bytes x 255 = 65,280 per lane). The flush adds the four lanes one by
+// one: a single multiply-and-shift horizontal sum would itself wrap at 2^16 (4 x 65,280).
 std::uint64_t byte_sum(std::span<const std::byte> bytes) noexcept {
   constexpr std::uint64_t kLo = 0x00FF00FF00FF00FFULL;
   const std::size_t words = bytes.size() / 8;
@@ -52,7 +54,7 @@ std::uint64_t byte_sum(std::span<const std::byte> bytes) noexcept {
       std::memcpy(&x, bytes.data() + i * 8, 8);
       lanes += (x & kLo) + ((x >> 8) & kLo);
     }
-    total += (lanes * 0x0001000100010001ULL) >> 48;
+    total += (lanes & 0xFFFF) + ((lanes >> 16) & 0xFFFF) + ((lanes >> 32) & 0xFFFF) + (lanes >> 48);
   }
   for (std::size_t i = words * 8; i < bytes.size(); ++i) total += static_cast<std::uint8_t>(bytes[i]);
   return total;

@@ -23,7 +23,8 @@ void log_err(const std::string& s) noexcept {
 }  // namespace
 
 std::size_t Batch::publish_each(const void* out, DType dtype, const Shape& tile_shape) noexcept {
-  const std::size_t slice = static_cast<std::size_t>(tile_shape.elements() * dtype_size(dtype));
+  // Unrepresentable shapes give 0: alloc_output below then fails every tile as too large.
+  const std::size_t slice = static_cast<std::size_t>(tensor_nbytes(dtype, tile_shape).value_or(0));
   const auto* src = static_cast<const std::byte*>(out);
   std::size_t done = 0;
   for (std::size_t i = 0; i < tiles_.size(); ++i) {
@@ -94,7 +95,7 @@ void Batcher::run(Group& g, std::size_t n, const BatchHandler& handler) {
   b.tiles_ = running_;
   b.dtype_ = g.dtype;
   b.shape_ = g.shape;
-  b.tile_bytes_ = static_cast<std::size_t>(g.shape.elements() * dtype_size(g.dtype));
+  b.tile_bytes_ = static_cast<std::size_t>(tensor_nbytes(g.dtype, g.shape).value_or(0));  // admitted inputs: representable
   if (o_.assemble) {
     // The one copy: arena blocks are not contiguous. The buffer only grows.
     const std::size_t need = b.tile_bytes_ * n;

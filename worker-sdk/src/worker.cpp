@@ -1,6 +1,8 @@
 // Worker SDK data path: channel discovery, request validation, answers.
 #include <tessera/worker.hpp>
 
+#include "admission.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -191,7 +193,9 @@ bool Worker::admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept {
   }
   const Shape shape = desc_shape(d);
   TensorView v(b.data, b.capacity, d.dtype(), shape);
-  if (d.ndim() > 4 || !v.valid() || v.nbytes() != d.nbytes()) {
+  // A forged descriptor: shape x dtype must be representable (checked multiplication),
+  // non-empty, equal to the stated nbytes and inside the block.
+  if (!detail::admissible_tensor(d, b.capacity) || !v.valid()) {
     stats_.rejected.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     fail(t, TileStatus::BadInput,
          "input tensor invalid: dtype " + std::string(dtype_name(d.dtype())) + " shape " + shape.str() + ", " +
@@ -234,8 +238,10 @@ TakeStatus Worker::take(std::vector<Tile>& out, std::size_t max, std::chrono::na
 }
 
 AllocStatus Worker::alloc_output(DType dtype, const Shape& shape, OutputBlock& out) noexcept {
-  const std::uint64_t bytes = shape.elements() * dtype_size(dtype);
-  if (dtype_size(dtype) == 0 || shape.ndim == 0 || shape.ndim > 4) return AllocStatus::too_large;
+  const std::optional<std::uint64_t> need = tensor_nbytes(dtype, shape);
+  // Unrepresentable (overflow, unknown dtype, bad ndim) or over the descriptor's u32 nbytes.
+  if (!need || *need > 0xffffffffULL) return AllocStatus::too_large;
+  const std::uint64_t bytes = *need;
   out = OutputBlock{};
   BlockView b;
   AllocStatus st = slab_.try_alloc(bytes, b);

@@ -5,6 +5,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,14 +50,30 @@ struct Shape {
   Shape(std::initializer_list<std::uint32_t> d) noexcept {
     for (auto v : d) if (ndim < 4) dims[ndim++] = v;
   }
+  // Element count; saturates at UINT64_MAX instead of wrapping (four u32 dims can
+  // exceed 64 bits). For a byte size use tensor_nbytes(), which reports overflow.
   std::uint64_t elements() const noexcept {
     std::uint64_t n = ndim == 0 ? 0 : 1;
-    for (std::uint8_t i = 0; i < ndim; ++i) n *= dims[i];
+    for (std::uint8_t i = 0; i < ndim && i < 4; ++i)
+      if (__builtin_mul_overflow(n, std::uint64_t{dims[i]}, &n)) return std::numeric_limits<std::uint64_t>::max();
     return n;
   }
   friend bool operator==(const Shape&, const Shape&) = default;
   std::string str() const;
 };
+
+// The one place a shape becomes a size: shape x dtype size in bytes, with checked
+// multiplication. nullopt when the dtype is unknown, ndim is not 1..4, or the product
+// overflows 64 bits. Callers then compare against the block's capacity (and the
+// descriptor's u32 nbytes field).
+constexpr std::optional<std::uint64_t> tensor_nbytes(DType dtype, const Shape& shape) noexcept {
+  const std::uint64_t elem = dtype_size(dtype);
+  if (elem == 0 || shape.ndim == 0 || shape.ndim > 4) return std::nullopt;
+  std::uint64_t n = elem;
+  for (std::uint8_t i = 0; i < shape.ndim; ++i)
+    if (__builtin_mul_overflow(n, std::uint64_t{shape.dims[i]}, &n)) return std::nullopt;
+  return n;
+}
 
 // A view over payload bytes. Never owns memory.
 class TensorView {
@@ -70,7 +88,12 @@ class TensorView {
   std::uint64_t capacity() const noexcept { return capacity_; }
   DType dtype() const noexcept { return dtype_; }
   const Shape& shape() const noexcept { return shape_; }
-  std::uint64_t nbytes() const noexcept { return shape_.elements() * dtype_size(dtype_); }
+  // 0 for an empty (0-d) view; saturates at UINT64_MAX for an unrepresentable shape, so
+  // valid() is false for it.
+  std::uint64_t nbytes() const noexcept {
+    if (shape_.ndim == 0) return 0;
+    return tensor_nbytes(dtype_, shape_).value_or(std::numeric_limits<std::uint64_t>::max());
+  }
   // C-order byte strides.
   std::array<std::int64_t, 4> strides() const noexcept {
     std::array<std::int64_t, 4> s{};

@@ -345,7 +345,7 @@ void Client::Impl::pump() {
       d.mutate_stream(si);
       d.mutate_epoch(r.epoch);
       d.mutate_block(r.input.handle.raw);
-      set_desc_tensor(d, r.meta.dtype, r.meta.shape, r.meta.shape.elements() * dtype_size(r.meta.dtype));
+      set_desc_tensor(d, r.meta.dtype, r.meta.shape, tensor_nbytes(r.meta.dtype, r.meta.shape).value_or(0));  // checked at submit
       d.mutate_level(r.meta.level);
       d.mutate_kind(fb::Kind::Request);
       d.mutate_x(r.meta.x);
@@ -562,7 +562,13 @@ Client::~Client() {
 
 const Arena& Client::arena() const noexcept { return impl_->arena; }
 
+Result<void> detail::check_client_options(const ClientOptions& o) {
+  if (o.max_in_flight == 0) return fail(Errc::invalid_argument, "client options: max_in_flight must be at least 1, got 0");
+  return {};
+}
+
 Result<std::unique_ptr<Client>> Client::embedded(ClientOptions opts) {
+  if (auto ok = detail::check_client_options(opts); !ok) return fail(std::move(ok).error());
   auto a = Arena::create(opts.arena);
   if (!a) return fail(std::move(a).error());
   auto s = a->register_participant(Role::client, getpid(), "client");
@@ -707,7 +713,11 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
     return fail(Errc::stale_handle, "submit: the input block handle is stale");
   if (dtype_size(meta.dtype) == 0 || meta.shape.ndim == 0 || meta.shape.ndim > 4)
     return fail(Errc::invalid_argument, "submit: tile needs a known dtype and 1 to 4 dimensions");
-  const std::uint64_t nbytes = meta.shape.elements() * dtype_size(meta.dtype);
+  const std::optional<std::uint64_t> checked = tensor_nbytes(meta.dtype, meta.shape);
+  if (!checked)
+    return fail(Errc::invalid_argument, "submit: shape " + meta.shape.str() + " of " + std::string(dtype_name(meta.dtype)) +
+                                            " overflows a 64-bit byte count");
+  const std::uint64_t nbytes = *checked;
   if (nbytes == 0 || nbytes > block.block_.capacity || nbytes > 0xffffffffULL)
     return fail(Errc::invalid_argument, "submit: shape " + meta.shape.str() + " of " + std::string(dtype_name(meta.dtype)) +
                                             " needs " + std::to_string(nbytes) + " bytes; the block holds " +

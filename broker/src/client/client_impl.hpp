@@ -109,6 +109,10 @@ class WorkerControl {
   virtual void shutdown() noexcept = 0;
 };
 
+// Rejects options no client can work with (max_in_flight 0: no tile could ever be
+// submitted); the message names the field. Called by embedded() and connect().
+Result<void> check_client_options(const ClientOptions& o);
+
 }  // namespace detail
 
 struct Client::Impl {

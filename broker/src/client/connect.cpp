@@ -56,6 +56,7 @@ class RemoteBroker final : public detail::WorkerControl {
 
 Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, ClientOptions opts,
                                                 std::chrono::milliseconds timeout) {
+  if (auto ok = detail::check_client_options(opts); !ok) return fail(std::move(ok).error());
   auto conn = std::make_shared<Connection>();
   conn->sock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (conn->sock < 0) return fail(Error::sys("connect: socket"));

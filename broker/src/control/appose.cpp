@@ -139,6 +139,34 @@ const char* kind_name(const json::value& v) noexcept {
   return "?";
 }
 
+unsigned decode_utf8(std::string_view s, std::size_t& i);  // below, with the emitter
+
+// Object keys must be valid UTF-8: the emitter replaces bad bytes by U+FFFD, so two keys
+// differing only in bad bytes would become one key and the line would not round-trip
+// (found by tessera_fuzz_appose_json). Values stay lenient.
+bool keys_valid_utf8(const json::value& v, int depth = 0) {
+  if (depth > 64) return true;  // the parser's depth limit is lower anyway
+  if (const auto* o = v.if_object()) {
+    for (const auto& kv : *o) {
+      const std::string_view k = kv.key();
+      for (std::size_t i = 0; i < k.size();) {
+        if (static_cast<unsigned char>(k[i]) < 0x80) {
+          ++i;
+          continue;
+        }
+        const std::size_t at = i;
+        if (decode_utf8(k, i) == 0xfffd && !(i == at + 3 && k.substr(at, 3) == "\xef\xbf\xbd")) return false;
+      }
+      if (!keys_valid_utf8(kv.value(), depth + 1)) return false;
+    }
+  } else if (const auto* a = v.if_array()) {
+    for (const auto& e : *a) {
+      if (!keys_valid_utf8(e, depth + 1)) return false;
+    }
+  }
+  return true;
+}
+
 // `size` is the pre-2025 name of `rsize` inside shm objects: normalise in place.
 void normalise_shm(json::value& v) {
   if (auto* o = v.if_object()) {
@@ -259,6 +287,7 @@ Parsed<json::object> parse_object(std::string_view line) {
     return perr(ParseErrc::malformed, "not JSON (" + ec.message() + "): " + shown);
   }
   if (!v.is_object()) return perr(ParseErrc::not_object, std::string("JSON ") + kind_name(v) + ", expected object");
+  if (!keys_valid_utf8(v)) return perr(ParseErrc::malformed, "an object key is not valid UTF-8");
   normalise_shm(v);
   return std::move(v.get_object());
 }
@@ -511,6 +540,104 @@ std::string encode(const Response& r) {
 
 // ---------------------------------------------------------------------------------
 // Task state machine
+
+// ---------------------------------------------------------------------------------
+// Checked request fields
+
+IntField int_field(const json::object& o, std::string_view key, std::int64_t min, std::int64_t max) {
+  IntField f;
+  const json::value* v = o.if_contains(key);
+  if (v == nullptr || v->is_null()) return f;
+  // Built by appending: g++ 12 warns falsely (-Wrestrict) on "'" + std::string(...).
+  std::string quoted(1, '\'');
+  quoted.append(key).push_back('\'');
+  const auto range = [&](const std::string& got) {
+    f.error = quoted;
+    f.error->append(" must be an integer in ").append(std::to_string(min)).append("..").append(std::to_string(max));
+    f.error->append(", got ").append(got);
+    return f;
+  };
+  if (v->is_int64()) {
+    const std::int64_t i = v->get_int64();
+    if (i < min || i > max) return range(std::to_string(i));
+    f.value = i;
+    return f;
+  }
+  if (v->is_uint64()) {
+    const std::uint64_t u = v->get_uint64();
+    if (max < 0 || u > static_cast<std::uint64_t>(max)) return range(std::to_string(u));
+    f.value = static_cast<std::int64_t>(u);
+    return f;
+  }
+  if (v->is_double()) {
+    const double d = v->get_double();
+    // Range first (compared as doubles), then integrality: no out-of-range cast.
+    // |d| < 9.2e18 keeps the cast defined where (double)INT64_MAX rounds up to 2^63.
+    if (!(d >= static_cast<double>(min) && d <= static_cast<double>(max) && std::fabs(d) < 9.2e18) || std::trunc(d) != d)
+      return range(to_ascii_json(*v));
+    f.value = static_cast<std::int64_t>(d);
+    return f;
+  }
+  if (v->is_string() && v->get_string().starts_with(kBigIntPrefix)) {
+    return range(std::string(v->get_string().subview(kBigIntPrefix.size())));
+  }
+  f.error = quoted;
+  f.error->append(" must be an integer, got ").append(kind_name(*v));
+  return f;
+}
+
+std::optional<std::string> check_c_string(std::string_view value, std::string_view field) {
+  if (value.find('\0') == std::string_view::npos) return std::nullopt;
+  std::string msg(1, '\'');
+  msg.append(field).append("' contains a NUL character (\\u0000), which cannot be passed to a process");
+  return msg;
+}
+
+// ---------------------------------------------------------------------------------
+// Named shared-memory segments
+
+bool is_shm_name(std::string_view n) noexcept {
+  constexpr std::string_view kPrefix = "psm_";
+  if (!n.starts_with(kPrefix) || n.size() < kPrefix.size() + 8 || n.size() > kPrefix.size() + 64) return false;
+  for (const char c : n.substr(kPrefix.size())) {
+    const bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    if (!hex) return false;
+  }
+  return true;
+}
+
+namespace {
+std::optional<std::string> collect_shm(const json::value& v, const std::string& path, std::vector<ShmRef>& out, int depth) {
+  if (depth > 64) return path + " nests deeper than 64 levels";
+  if (const auto* o = v.if_object()) {
+    const auto* t = o->if_contains("appose_type");
+    if (t != nullptr && t->is_string() && t->get_string() == "shm") {
+      const auto* name = o->if_contains("name");
+      if (name == nullptr || !name->is_string()) return path + ".name is missing or not a string";
+      const std::string_view n = name->get_string();
+      if (!is_shm_name(n))
+        return path + ".name " + to_ascii_json(*name) +
+               " is not an Appose segment name ('psm_' and 8 to 64 hex digits): not adopted, left untouched";
+      const IntField rsize = int_field(*o, "rsize", 1, INT64_MAX);
+      if (rsize.error || !rsize.value) return path + ".rsize " + rsize.error.value_or("is missing");
+      out.push_back(ShmRef{path, std::string(n), *rsize.value});
+      return std::nullopt;
+    }
+    for (const auto& kv : *o) {
+      if (auto e = collect_shm(kv.value(), path + "." + std::string(kv.key()), out, depth + 1)) return e;
+    }
+  } else if (const auto* a = v.if_array()) {
+    for (std::size_t i = 0; i < a->size(); ++i) {
+      if (auto e = collect_shm((*a)[i], path + "[" + std::to_string(i) + "]", out, depth + 1)) return e;
+    }
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+std::optional<std::string> collect_shm_refs(const json::value& v, const std::string& path, std::vector<ShmRef>& out) {
+  return collect_shm(v, path, out, 0);
+}
 
 Verdict TaskStateMachine::on_response(ResponseType t) noexcept {
   switch (phase_) {

@@ -73,8 +73,11 @@ void bind_client(py::module_& m) {
             const DType dt = to_dtype(dtype);
             const Shape sh = to_shape(shape);
             const TensorView v = b.block.view(dt, sh);
+            if (!tensor_nbytes(dt, sh))
+              throw py::value_error("tessera: shape " + sh.str() + " of " + std::string(dtype_name(dt)) +
+                                    " overflows a 64-bit byte count");
             if (!v.valid())
-              throw py::value_error("tessera: " + sh.str() + " of " + std::string(dtype_name(dt)) + " needs " +
+              throw py::value_error("tessera: shape " + sh.str() + " of " + std::string(dtype_name(dt)) + " needs " +
                                     std::to_string(v.nbytes()) + " bytes; the block holds " + std::to_string(v.capacity()));
             b.dtype = dt;
             b.shape = sh;

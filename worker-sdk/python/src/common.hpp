@@ -49,21 +49,38 @@ inline DType to_dtype(const py::handle& any) {
   return t;
 }
 
-// Python shape (int or sequence of 1..4 ints) -> Shape; throws on bad input.
+// One shape dimension: a Python int or anything with __index__ (NumPy integers), not a
+// bool, in 0 .. 2^32-1. Errors name `shape` and say what was given.
+inline std::uint32_t shape_dim(const py::handle& v, const py::handle& whole) {
+  const auto given = [&] { return std::string(py::repr(whole)) + " (" + std::string(py::str(py::type::handle_of(whole).attr("__name__"))) + ")"; };
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    throw py::type_error("tessera: shape must be an int or a sequence of 1 to 4 ints, got " + given());
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long n = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow != 0 || n < 0 || n > 0xffffffffLL)
+    throw py::value_error("tessera: shape dimensions must be in 0..4294967295, got " + given());
+  return static_cast<std::uint32_t>(n);
+}
+
+// Python shape (int or sequence of 1..4 ints) -> Shape; TypeError/ValueError naming
+// `shape` on bad input (a str such as 'abc' is not a sequence of dimensions here).
 inline Shape to_shape(const py::handle& obj) {
   Shape s;
-  if (py::isinstance<py::int_>(obj)) {
-    s.dims[0] = obj.cast<std::uint32_t>();
+  if (PyIndex_Check(obj.ptr()) && !PyBool_Check(obj.ptr())) {
+    s.dims[0] = shape_dim(obj, obj);
     s.ndim = 1;
     return s;
   }
+  if (!PySequence_Check(obj.ptr()) || PyUnicode_Check(obj.ptr()) || PyBytes_Check(obj.ptr()) || PyByteArray_Check(obj.ptr()))
+    throw py::type_error("tessera: shape must be an int or a sequence of 1 to 4 ints, got " + std::string(py::repr(obj)) +
+                         " (" + std::string(py::str(py::type::handle_of(obj).attr("__name__"))) + ")");
   py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
-  if (seq.size() == 0 || seq.size() > 4) throw py::value_error("tessera: a tile shape has 1 to 4 dimensions");
-  for (std::size_t i = 0; i < seq.size(); ++i) {
-    const auto v = seq[i].cast<std::int64_t>();
-    if (v < 0 || v > 0xffffffffLL) throw py::value_error("tessera: shape dimension out of range");
-    s.dims[i] = static_cast<std::uint32_t>(v);
-  }
+  if (seq.size() == 0 || seq.size() > 4)
+    throw py::value_error("tessera: shape has 1 to 4 dimensions, got " + std::to_string(seq.size()) + ": " +
+                          std::string(py::repr(obj)));
+  for (std::size_t i = 0; i < seq.size(); ++i) s.dims[i] = shape_dim(seq[i], obj);
   s.ndim = static_cast<std::uint8_t>(seq.size());
   return s;
 }

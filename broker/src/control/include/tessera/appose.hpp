@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include <boost/json.hpp>
 
@@ -93,6 +94,42 @@ Parsed<Response> parse_response(std::string_view line);
 std::string to_ascii_json(const boost::json::value& v);
 std::string encode(const Request& r);   // includes the trailing '\n'
 std::string encode(const Response& r);  // includes the trailing '\n'
+
+// ---------------------------------------------------------------------------------
+// Checked request fields: a wrong value is an error naming the field, never a silent
+// conversion (a double such as 1e300 cast to int is undefined behaviour).
+
+// The integer `key` of `o` in [min, max]: nullopt (the Result) when absent or null;
+// an error message naming the field when it is not an integer (1.5, "2", true) or out
+// of range. Integral doubles (2.0) are accepted, as JSON does not tell them apart.
+struct IntField {
+  std::optional<std::int64_t> value;  // absent or null: nullopt
+  std::optional<std::string> error;   // set when the field is present and unusable
+};
+IntField int_field(const boost::json::object& o, std::string_view key, std::int64_t min, std::int64_t max);
+
+// A string field that becomes a C string (argv, environment): an error when it holds
+// a NUL byte, which execve would silently cut the string at.
+std::optional<std::string> check_c_string(std::string_view value, std::string_view field);
+
+// ---------------------------------------------------------------------------------
+// Named shared-memory segments ({"appose_type":"shm","name":..,"rsize":..}).
+
+// Appose's segment names: `psm_` and 8 to 64 hex digits (Python's token_hex, Java's
+// Shms). No '/', no '..', nothing that names a path: the only names the `--appose`
+// broker adopts and later unlinks.
+bool is_shm_name(std::string_view name) noexcept;
+
+struct ShmRef {
+  std::string path;   // where it was found, e.g. "outputs.image.shm"
+  std::string name;   // a valid is_shm_name()
+  std::int64_t rsize; // > 0
+};
+
+// Every shm object inside `v` (depth first), validated: a name that is not an Appose
+// name, a missing or non-positive rsize, or nesting deeper than 64 levels gives an
+// error naming the first bad field; `out` then holds the refs found before it.
+std::optional<std::string> collect_shm_refs(const boost::json::value& v, const std::string& path, std::vector<ShmRef>& out);
 
 // ---------------------------------------------------------------------------------
 // Line framer for pipe reads. Feed raw bytes; complete lines are handed to the
