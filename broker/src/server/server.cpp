@@ -552,10 +552,11 @@ class BrokerServer::Impl {
   }
 
   // ---------------- workers ----------------
+  // A client that cannot take it is disconnected by the reap doom() posts, not
+  // here: the caller may be in the middle of a worker's recovery.
   void broadcast(const boost::json::object& m) {
     for (auto& [id, c] : clients)
       if (c.said_hello) send(c, m);
-    reap();
   }
 
   void on_pool_event(const pool::Event& e) {
@@ -633,7 +634,6 @@ class BrokerServer::Impl {
       send(c, {{"type", "worker_ready"}, {"index", i}, {"slot", static_cast<std::int64_t>(w.slot)},
                {"channel", static_cast<std::int64_t>(*ch)}, {"pid", pid}});
     }
-    reap();
   }
 
   // ---------------- stop ----------------
