@@ -24,6 +24,10 @@ struct ListenOptions {
   int workers = 2;
   std::vector<std::string> worker_cmd;                               // default: tessera-tissue-worker
   std::vector<std::pair<std::uint64_t, std::uint32_t>> classes;      // block size, count (default arena if empty)
+  bool allow_client_kill = false;                                     // --allow-client-kill
+  int max_clients = 0;                                                // --max-clients (0: every slot left)
+  int max_blocks_percent = 50;                                        // --max-blocks-percent
+  std::size_t client_backlog_kib = 1024;                              // --client-backlog-kib
 };
 int run_listen(const ListenOptions& lo);             // --listen PATH
 

@@ -18,6 +18,10 @@ int run_listen(const ListenOptions& lo) {
   BrokerServerOptions o;
   o.socket_path = lo.socket_path;
   o.pool.count = lo.workers;
+  o.allow_client_kill = lo.allow_client_kill;
+  o.max_clients = lo.max_clients;
+  o.max_blocks_percent = lo.max_blocks_percent;
+  o.client_backlog = lo.client_backlog_kib * 1024;
   if (lo.worker_cmd.empty()) {
     std::error_code ec;
     const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);

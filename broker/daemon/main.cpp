@@ -25,6 +25,15 @@ int main(int argc, char** argv) {
       ->expected(-1);
   std::vector<std::string> classes;
   app.add_option("--class", classes, "Arena size class SIZE:COUNT (repeatable, increasing sizes; with --listen)");
+  app.add_flag("--allow-client-kill", lo.allow_client_kill, "Honour kill_worker from clients (with --listen; off: refused)");
+  app.add_option("--max-clients", lo.max_clients, "Most clients at once (with --listen; 0: every participant slot left)")
+      ->check(CLI::Range(0, 63));
+  app.add_option("--max-blocks-percent", lo.max_blocks_percent,
+                 "Share of each block class one client may hold; more disconnects it (with --listen; 0 or 100: no limit)")
+      ->check(CLI::Range(0, 100));
+  app.add_option("--client-backlog-kib", lo.client_backlog_kib,
+                 "Unsent KiB a client may fall behind before it is disconnected (with --listen)")
+      ->check(CLI::Range(1, 1 << 20));
   CLI11_PARSE(app, argc, argv);
   for (const auto& c : classes) {
     const auto colon = c.find(':');

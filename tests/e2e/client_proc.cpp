@@ -1,6 +1,11 @@
 // A client process for the broker-server tests: connects to a running broker,
 // submits tiles and either collects them (exit 0 when all completed correctly) or
-// holds them and waits to be killed (mode "hold").
+// holds them and waits to be killed (mode "hold"). Mode "flood" speaks the wire
+// protocol by hand: hello, then TILES pings without reading a single answer, then
+// it stops itself (SIGSTOP) like a client that never reads again.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,12 +17,41 @@
 
 using namespace std::chrono_literals;
 
+namespace {
+int flood(const char* path, int pings) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return 3;
+  const std::string hello = "{\"type\":\"hello\",\"version\":1}\n";
+  if (::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(hello.size())) return 4;
+  // Wait for the broker's hello (its arena descriptor is kept open, unused).
+  std::string got;
+  char buf[4096];
+  while (got.find('\n') == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return 5;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  if (got.find("\"hello\"") == std::string::npos) return 6;
+  std::string lines;
+  for (int i = 0; i < pings; ++i) lines += "{\"type\":\"ping\",\"id\":" + std::to_string(i) + "}\n";
+  (void)::send(fd, lines.data(), lines.size(), MSG_NOSIGNAL);  // the broker may already have dropped us
+  std::printf("stopping\n");
+  std::fflush(stdout);
+  ::raise(SIGSTOP);
+  for (;;) pause();
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s SOCKET TILES collect|hold\n", argv[0]);
+    std::fprintf(stderr, "usage: %s SOCKET TILES collect|hold|flood\n", argv[0]);
     return 2;
   }
   const int tiles = std::atoi(argv[2]);
+  if (std::strcmp(argv[3], "flood") == 0) return flood(argv[1], tiles);
   const bool hold = std::strcmp(argv[3], "hold") == 0;
   auto c = tessera::Client::connect(argv[1]);
   if (!c) {

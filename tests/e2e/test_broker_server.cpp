@@ -31,7 +31,7 @@ std::string unique_socket() {
 struct Server {
   std::unique_ptr<tessera::BrokerServer> srv;
   std::string path;
-  explicit Server(int workers) {
+  explicit Server(int workers, bool allow_client_kill = false) {
     path = unique_socket();
     tessera::BrokerServerOptions o;
     o.arena.classes = {{4096, 1024}};
@@ -42,6 +42,7 @@ struct Server {
     o.pool.count = workers;
     o.pool.max_retries = 3;
     o.socket_path = path;
+    o.allow_client_kill = allow_client_kill;
     auto s = tessera::BrokerServer::start(o);
     EXPECT_TRUE(s.has_value()) << (s ? "" : s.error().message);
     if (s) srv = std::move(*s);
@@ -120,7 +121,7 @@ TEST(BrokerServer, KilledClientsBlocksAllComeBack) {
 }
 
 TEST(BrokerServer, WorkerDeathIsRecoveredByEveryClient) {
-  Server s(2);
+  Server s(2, /*allow_client_kill=*/true);
   ASSERT_TRUE(s.srv);
   auto c = tessera::Client::connect(s.path);
   ASSERT_TRUE(c.has_value()) << c.error().message;

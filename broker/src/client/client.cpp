@@ -670,8 +670,15 @@ Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::na
     if (st == AllocStatus::too_large)
       return fail(Errc::invalid_argument, "alloc: " + std::to_string(bytes) + " bytes is larger than the largest block class");
     impl_->step();
-    if (impl_->in_flight_unfinished() == 0 && try_alloc(bytes, out) != AllocStatus::ok)
+    if (impl_->in_flight_unfinished() == 0 && try_alloc(bytes, out) != AllocStatus::ok) {
+      // Say whose blocks fill the arena: on a shared broker they may be other clients'.
+      const std::uint32_t mine = Slab::count_held(impl_->arena, impl_->slot);
+      const std::uint32_t others = Slab::count_held(impl_->arena, kNoSlot) - mine;
+      if (others > 0)
+        return fail(Errc::no_space, "alloc: arena exhausted: this client holds " + std::to_string(mine) + " blocks, other participants hold " +
+                                        std::to_string(others) + " (on a shared broker, other clients; each may hold its share)");
       return fail(Errc::no_space, "alloc: arena exhausted by blocks the caller holds (release results or input blocks)");
+    }
     if (out.valid()) return {};
     if (Clock::now() >= deadline) return fail(Errc::timeout, "alloc: no block free within the timeout");
     if (impl_->take_wake()) return fail(Errc::canceled, "alloc: woken (Client::wake) before a block was free");

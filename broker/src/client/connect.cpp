@@ -66,6 +66,9 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
   std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
   if (::connect(conn->sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return fail(Errc::unavailable, "connect: no broker at '" + socket_path + "': " + std::strerror(errno));
+  // The client speaks first (the broker takes a participant slot only after this line).
+  if (!wire::send_line(conn->sock, {{"type", "hello"}, {"version", wire::kProtocolVersion}}))
+    return fail(Errc::unavailable, "connect: the broker at '" + socket_path + "' closed the connection");
 
   // Hello: our participant slot, the workers and their channels, and the arena memfd.
   std::string buf;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -49,28 +50,72 @@ inline bool send_line(int sock, const boost::json::object& msg, int fd = -1) noe
   return true;
 }
 
-// Reads what is available into `buf`; returns bytes read (0 = EOF, <0 = error). A
-// descriptor received with the data is stored in *fd (close-on-exec).
+// One line as it goes on the wire (the JSON text and a '\n').
+inline std::string encode_line(const boost::json::object& msg) {
+  std::string line = boost::json::serialize(msg);
+  line += '\n';
+  return line;
+}
+
+// One non-blocking sendmsg of `len` bytes, with `fd` attached if >= 0 (it goes with
+// the first byte). Returns the bytes sent, or -1 with errno (EAGAIN: the socket
+// buffer is full; wait until it is writable).
+inline ssize_t send_some(int sock, const char* data, std::size_t len, int fd = -1) noexcept {
+  iovec iov{const_cast<char*>(data), len};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    std::memset(ctl, 0, sizeof ctl);
+    mh.msg_control = ctl;
+    mh.msg_controllen = sizeof ctl;
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
+// Reads what is available into `buf`; returns bytes read (0 = EOF, <0 = error,
+// errno set; EAGAIN on a non-blocking socket with nothing to read). If `fd` is not
+// null and *fd < 0, the first descriptor received is stored there (close-on-exec);
+// every other descriptor the message carried is closed: every SCM_RIGHTS message
+// and every descriptor in it, so a peer cannot leak descriptors into this process.
+// Descriptors that did not fit the control buffer (MSG_CTRUNC) were never installed
+// by the kernel.
 inline ssize_t recv_some(int sock, std::string& buf, int* fd) noexcept {
   char data[4096];
   iovec iov{data, sizeof data};
   msghdr mh{};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
-  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+  alignas(cmsghdr) char ctl[CMSG_SPACE(16 * sizeof(int))];
   mh.msg_control = ctl;
   mh.msg_controllen = sizeof ctl;
   ssize_t n;
   do {
     n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
-  if (n <= 0) return n;
+  if (n < 0) return n;
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
       int got = -1;
-      std::memcpy(&got, CMSG_DATA(c), sizeof(int));
-      if (fd != nullptr && *fd < 0) *fd = got;
-      else ::close(got);
+      std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (got < 0) continue;
+      if (fd != nullptr && *fd < 0) {
+        *fd = got;
+      } else {
+        ::close(got);
+      }
     }
   }
   buf.append(data, static_cast<std::size_t>(n));
@@ -111,6 +156,55 @@ inline std::string get_str(const boost::json::object& o, const char* k) {
   auto it = o.find(k);
   if (it == o.end() || !it->value().is_string()) return {};
   return std::string(it->value().as_string());
+}
+
+// What a client may send to the broker (docs/design/broker-server.md). Parsing never
+// fails: a line that is not one of these is `unknown`, and the broker answers it
+// with an error (or, before the hello, closes the connection).
+struct ClientMessage {
+  enum class Kind : std::uint8_t { unknown, hello, recovered, kill_worker, ping, bye };
+  Kind kind = Kind::unknown;
+  std::int64_t index = -1;   // recovered, kill_worker: the worker index (-1 if absent or not an integer)
+  std::int64_t id = 0;       // ping: echoed in the pong
+  std::int64_t version = 0;  // hello: the protocol version the client speaks
+  std::string type;          // the "type" as received, at most 64 bytes (for error texts)
+};
+
+inline constexpr std::int64_t kProtocolVersion = 1;
+
+inline ClientMessage parse_client(const boost::json::object& o) {
+  ClientMessage m;
+  m.type = get_str(o, "type");
+  if (m.type.size() > 64) m.type.resize(64);
+  if (m.type == "hello") {
+    m.kind = ClientMessage::Kind::hello;
+    m.version = get_int(o, "version", 0);
+  } else if (m.type == "recovered") {
+    m.kind = ClientMessage::Kind::recovered;
+    m.index = get_int(o, "index");
+  } else if (m.type == "kill_worker") {
+    m.kind = ClientMessage::Kind::kill_worker;
+    m.index = get_int(o, "index");
+  } else if (m.type == "ping") {
+    m.kind = ClientMessage::Kind::ping;
+    m.id = get_int(o, "id", 0);
+  } else if (m.type == "bye") {
+    m.kind = ClientMessage::Kind::bye;
+  }
+  return m;
+}
+
+// The line a client sends for `m` (parse_client(to_json(m)) gives back kind and fields).
+inline boost::json::object to_json(const ClientMessage& m) {
+  switch (m.kind) {
+    case ClientMessage::Kind::hello: return {{"type", "hello"}, {"version", m.version}};
+    case ClientMessage::Kind::recovered: return {{"type", "recovered"}, {"index", m.index}};
+    case ClientMessage::Kind::kill_worker: return {{"type", "kill_worker"}, {"index", m.index}};
+    case ClientMessage::Kind::ping: return {{"type", "ping"}, {"id", m.id}};
+    case ClientMessage::Kind::bye: return {{"type", "bye"}};
+    case ClientMessage::Kind::unknown: break;
+  }
+  return {{"type", m.type}};
 }
 
 }  // namespace tessera::wire
