@@ -1,6 +1,6 @@
 // libFuzzer target (clang, TESSERA_LIBFUZZER=ON): the `tessera-broker --listen`
 // wire protocol as the broker reads it from a client.
-//   bin/tessera_fuzz_listen_wire -max_total_time=60 tests/fuzz/corpus/listen_wire
+//   bin/tessera_fuzz_listen_wire -max_total_time=60 tests/fuzz/corpus/tessera_fuzz_listen_wire
 // The first byte chooses how the rest is cut into reads (as a socket would), and a
 // short maximum line length, so framing across reads and overlong lines are hit.
 // Properties checked on every input:
