@@ -24,6 +24,7 @@ struct ListenOptions {
   int workers = 2;
   std::vector<std::string> worker_cmd;                               // default: tessera-tissue-worker
   std::vector<std::pair<std::uint64_t, std::uint32_t>> classes;      // block size, count (default arena if empty)
+  std::int64_t stall_timeout_ms = -1;                                // -1: the pool's default; 0: off
 };
 int run_listen(const ListenOptions& lo);             // --listen PATH
 

@@ -18,6 +18,7 @@ int run_listen(const ListenOptions& lo) {
   BrokerServerOptions o;
   o.socket_path = lo.socket_path;
   o.pool.count = lo.workers;
+  if (lo.stall_timeout_ms >= 0) o.pool.stall_timeout = std::chrono::milliseconds(lo.stall_timeout_ms);
   if (lo.worker_cmd.empty()) {
     std::error_code ec;
     const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);

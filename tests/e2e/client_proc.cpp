@@ -5,8 +5,11 @@
 //   stream:  keeps submitting until TILES were accepted or a submit/alloc fails at the
 //            call, then waits for every accepted tile's outcome and prints one line
 //            `accepted=A outcomes=O completed=C failed=F canceled=X dup=D call_error=E`
-//            (exit 0 when every accepted tile got exactly one outcome).
-// Usage: client_proc SOCKET TILES collect|hold|stream [OP]
+//            (exit 0 when every accepted tile got exactly one outcome), and
+//            `last_outcome_ns=T` (CLOCK_MONOTONIC of the last outcome, 0 if none).
+//            With START_MS it prints `connected` and waits that long before submitting.
+// Usage: client_proc SOCKET TILES collect|hold|stream [OP [START_MS]]
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -21,13 +24,26 @@ using namespace std::chrono_literals;
 
 namespace {
 
-int stream_mode(tessera::Client& c, int tiles, std::uint32_t op) {
+std::int64_t monotonic_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+int stream_mode(tessera::Client& c, int tiles, std::uint32_t op, int start_ms) {
   auto s = c.open_stream({.ordering = tessera::Ordering::completion, .max_in_flight = 64}).value();
+  std::int64_t last_outcome_ns = 0;
+  if (start_ms > 0) {
+    std::printf("connected\n");
+    std::fflush(stdout);
+    ::usleep(static_cast<useconds_t>(start_ms) * 1000);
+  }
   std::vector<tessera::TileResult> got;
   std::set<std::uint64_t> accepted, answered;
   int completed = 0, failed = 0, canceled = 0, dup = 0;
   std::string call_error = "none", first_failure;
   auto absorb = [&] {
+    if (!got.empty()) last_outcome_ns = monotonic_ns();
     for (auto& r : got) {
       if (!accepted.count(r.seq) || !answered.insert(r.seq).second) ++dup;
       if (r.outcome == tessera::Outcome::completed) ++completed;
@@ -63,6 +79,7 @@ int stream_mode(tessera::Client& c, int tiles, std::uint32_t op) {
   std::printf("accepted=%zu outcomes=%zu completed=%d failed=%d canceled=%d dup=%d queued=%llu running=%llu call_error=%s\n",
               accepted.size(), answered.size(), completed, failed, canceled, dup, static_cast<unsigned long long>(st.queued),
               static_cast<unsigned long long>(st.running), call_error.c_str());
+  std::printf("last_outcome_ns=%lld\n", static_cast<long long>(last_outcome_ns));
   if (!first_failure.empty()) std::printf("first failure: %s\n", first_failure.c_str());
   std::fflush(stdout);
   return answered.size() == accepted.size() && dup == 0 ? 0 : 1;
@@ -83,7 +100,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "connect: %s\n", c.error().message.c_str());
     return 3;
   }
-  if (std::strcmp(argv[3], "stream") == 0) return stream_mode(**c, tiles, op);
+  if (std::strcmp(argv[3], "stream") == 0) return stream_mode(**c, tiles, op, argc > 5 ? std::atoi(argv[5]) : 0);
   auto s = (*c)->open_stream({.ordering = tessera::Ordering::submission, .max_in_flight = 256}).value();
   std::vector<tessera::TileResult> got;
   int ok = 0, delivered = 0;

@@ -719,10 +719,8 @@ AllocStatus Client::try_alloc(std::uint64_t bytes, InputBlock& out) noexcept {
 }
 
 Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::nanoseconds timeout) {
-  if (!impl_->usable) {
-    impl_->step();  // a worker event may be waiting
-    if (!impl_->usable) return fail(Errc::unavailable, "alloc: " + impl_->unavailable_reason());
-  }
+  impl_->handle_events();  // one acquire load unless a worker event waits (it may be the last worker's)
+  if (!impl_->usable) return fail(Errc::unavailable, "alloc: " + impl_->unavailable_reason());
   const auto deadline = detail::deadline_after(Clock::now(), timeout);
   for (;;) {
     const AllocStatus st = try_alloc(bytes, out);
@@ -778,10 +776,8 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
     return fail(Errc::invalid_argument, "submit: shape " + meta.shape.str() + " of " + std::string(dtype_name(meta.dtype)) +
                                             " needs " + std::to_string(nbytes) + " bytes; the block holds " +
                                             std::to_string(block.block_.capacity));
-  if (!I.usable) {
-    I.handle_events();  // a worker event may be waiting
-    if (!I.usable) return fail(Errc::unavailable, "submit: " + I.unavailable_reason());
-  }
+  I.handle_events();  // one acquire load unless a worker event waits (it may be the last worker's)
+  if (!I.usable) return fail(Errc::unavailable, "submit: " + I.unavailable_reason());
   StreamState& s = I.streams[stream];
   const auto deadline = detail::deadline_after(Clock::now(), timeout);
   for (;;) {
