@@ -28,6 +28,7 @@ struct ListenOptions {
   int max_clients = 0;                                                // --max-clients (0: every slot left)
   int max_blocks_percent = 50;                                        // --max-blocks-percent
   std::size_t client_backlog_kib = 1024;                              // --client-backlog-kib
+  std::int64_t stall_timeout_ms = -1;                                // -1: the pool's default; 0: off
 };
 int run_listen(const ListenOptions& lo);             // --listen PATH
 

@@ -22,6 +22,7 @@ int run_listen(const ListenOptions& lo) {
   o.max_clients = lo.max_clients;
   o.max_blocks_percent = lo.max_blocks_percent;
   o.client_backlog = lo.client_backlog_kib * 1024;
+  if (lo.stall_timeout_ms >= 0) o.pool.stall_timeout = std::chrono::milliseconds(lo.stall_timeout_ms);
   if (lo.worker_cmd.empty()) {
     std::error_code ec;
     const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);

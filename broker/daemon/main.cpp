@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   app.add_option("--workers,-n", lo.workers, "Worker processes (with --listen)")->check(CLI::Range(1, 32));
   app.add_option("--worker-cmd", lo.worker_cmd, "Worker command line (with --listen); default: tessera-tissue-worker")
       ->expected(-1);
+  app.add_option("--stall-timeout-ms", lo.stall_timeout_ms,
+                 "Kill a worker that holds tiles and shows no progress this long (0: never; with --listen)")
+      ->check(CLI::NonNegativeNumber);
   std::vector<std::string> classes;
   app.add_option("--class", classes, "Arena size class SIZE:COUNT (repeatable, increasing sizes; with --listen)");
   app.add_flag("--allow-client-kill", lo.allow_client_kill, "Honour kill_worker from clients (with --listen; off: refused)");

@@ -1,16 +1,27 @@
-// A client process for the broker-server tests: connects to a running broker,
-// submits tiles and either collects them (exit 0 when all completed correctly) or
-// holds them and waits to be killed (mode "hold"). Mode "flood" speaks the wire
-// protocol by hand: hello, then TILES pings without reading a single answer, then
-// it stops itself (SIGSTOP) like a client that never reads again.
+// A client process for the broker-server and crash-matrix tests: connects to a
+// running broker and submits tiles, then
+//   collect: collects them (exit 0 when all completed correctly),
+//   hold:    holds them and waits to be killed,
+//   stream:  keeps submitting until TILES were accepted or a submit/alloc fails at the
+//            call, then waits for every accepted tile's outcome and prints one line
+//            `accepted=A outcomes=O completed=C failed=F canceled=X dup=D call_error=E`
+//            (exit 0 when every accepted tile got exactly one outcome), and
+//            `last_outcome_ns=T` (CLOCK_MONOTONIC of the last outcome, 0 if none).
+//            With START_MS it prints `connected` and waits that long before submitting.
+//   flood:   speaks the wire protocol by hand: hello, then TILES pings without reading
+//            a single answer, then stops itself (SIGSTOP) like a client that never
+//            reads again.
+// Usage: client_proc SOCKET TILES collect|hold|stream|flood [OP [START_MS]]
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <string>
 
 #include <tessera/client.hpp>
@@ -43,21 +54,85 @@ int flood(const char* path, int pings) {
   ::raise(SIGSTOP);
   for (;;) pause();
 }
+
+std::int64_t monotonic_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+int stream_mode(tessera::Client& c, int tiles, std::uint32_t op, int start_ms) {
+  auto s = c.open_stream({.ordering = tessera::Ordering::completion, .max_in_flight = 64}).value();
+  std::int64_t last_outcome_ns = 0;
+  if (start_ms > 0) {
+    std::printf("connected\n");
+    std::fflush(stdout);
+    ::usleep(static_cast<useconds_t>(start_ms) * 1000);
+  }
+  std::vector<tessera::TileResult> got;
+  std::set<std::uint64_t> accepted, answered;
+  int completed = 0, failed = 0, canceled = 0, dup = 0;
+  std::string call_error = "none", first_failure;
+  auto absorb = [&] {
+    if (!got.empty()) last_outcome_ns = monotonic_ns();
+    for (auto& r : got) {
+      if (!accepted.count(r.seq) || !answered.insert(r.seq).second) ++dup;
+      if (r.outcome == tessera::Outcome::completed) ++completed;
+      else if (r.outcome == tessera::Outcome::failed) ++failed;
+      else ++canceled;
+      if (r.outcome != tessera::Outcome::completed && first_failure.empty()) first_failure = r.error;
+    }
+    got.clear();
+  };
+  for (int i = 0; i < tiles; ++i) {
+    tessera::InputBlock in;
+    if (auto a = c.alloc(16 * 16 * 3, in, 10s); !a) {
+      call_error = std::string(tessera::errc_name(a.error().code)) + ": " + a.error().message;
+      break;
+    }
+    std::memset(in.bytes().data(), 10, 16 * 16 * 3);
+    auto q = c.submit(s, in, {.dtype = tessera::DType::UInt8, .shape = {16, 16, 3}, .x = i, .op = op},
+                      tessera::SubmitMode::block, 10s);
+    if (!q) {
+      call_error = std::string(tessera::errc_name(q.error().code)) + ": " + q.error().message;
+      break;
+    }
+    accepted.insert(*q);
+    c.poll(got, 64, 0ms);
+    absorb();
+  }
+  const auto end = std::chrono::steady_clock::now() + 20s;
+  while (answered.size() < accepted.size() && std::chrono::steady_clock::now() < end) {
+    c.poll(got, 64, 20ms);
+    absorb();
+  }
+  const auto st = c.stats(s);
+  std::printf("accepted=%zu outcomes=%zu completed=%d failed=%d canceled=%d dup=%d queued=%llu running=%llu call_error=%s\n",
+              accepted.size(), answered.size(), completed, failed, canceled, dup, static_cast<unsigned long long>(st.queued),
+              static_cast<unsigned long long>(st.running), call_error.c_str());
+  std::printf("last_outcome_ns=%lld\n", static_cast<long long>(last_outcome_ns));
+  if (!first_failure.empty()) std::printf("first failure: %s\n", first_failure.c_str());
+  std::fflush(stdout);
+  return answered.size() == accepted.size() && dup == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s SOCKET TILES collect|hold|flood\n", argv[0]);
+    std::fprintf(stderr, "usage: %s SOCKET TILES collect|hold|stream|flood [OP [START_MS]]\n", argv[0]);
     return 2;
   }
   const int tiles = std::atoi(argv[2]);
   if (std::strcmp(argv[3], "flood") == 0) return flood(argv[1], tiles);
   const bool hold = std::strcmp(argv[3], "hold") == 0;
+  const std::uint32_t op = argc > 4 ? static_cast<std::uint32_t>(std::atoi(argv[4])) : 0;
   auto c = tessera::Client::connect(argv[1]);
   if (!c) {
     std::fprintf(stderr, "connect: %s\n", c.error().message.c_str());
     return 3;
   }
+  if (std::strcmp(argv[3], "stream") == 0) return stream_mode(**c, tiles, op, argc > 5 ? std::atoi(argv[5]) : 0);
   auto s = (*c)->open_stream({.ordering = tessera::Ordering::submission, .max_in_flight = 256}).value();
   std::vector<tessera::TileResult> got;
   int ok = 0, delivered = 0;
@@ -66,7 +141,8 @@ int main(int argc, char** argv) {
     tessera::InputBlock in;
     if (!(*c)->alloc(16 * 16 * 3, in, 10s)) return 4;
     std::memset(in.bytes().data(), i % 2 ? 10 : 250, 16 * 16 * 3);
-    auto q = (*c)->submit(s, in, {.dtype = tessera::DType::UInt8, .shape = {16, 16, 3}, .x = i}, tessera::SubmitMode::block, 10s);
+    auto q = (*c)->submit(s, in, {.dtype = tessera::DType::UInt8, .shape = {16, 16, 3}, .x = i, .op = op},
+                          tessera::SubmitMode::block, 10s);
     if (!q) {
       std::fprintf(stderr, "submit: %s\n", q.error().message.c_str());
       return 5;

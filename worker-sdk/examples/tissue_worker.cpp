@@ -7,6 +7,8 @@
 //   op 4 (slow):    sleeps 50 ms while honouring cancellation, then answers like op 2.
 //   op 6 (slow mask): sleeps 50 ms while honouring cancellation, then answers like op 0
 //                   (slides that take long enough to kill or stop a run mid-way).
+//   op 7 (crash):   the process exits at once (_exit(42)): a poison tile.
+//   op 8 (hang):    never returns and never heartbeats (a handler in an endless loop).
 // Run by the broker: `tessera-tissue-worker [--threshold N]`.
 #include <algorithm>
 #include <chrono>
@@ -15,6 +17,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+
+#include <unistd.h>
 
 #include <tessera/runtime.hpp>
 
@@ -102,6 +106,9 @@ int main(int argc, char** argv) {
         else mask(w, t);
         break;
       }
+      case 7: ::_exit(42);
+      case 8:
+        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
       default: w.fail(t, tessera::TileStatus::Unsupported, "unknown op " + std::to_string(t.op()));
     }
   });

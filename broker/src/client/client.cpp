@@ -116,11 +116,14 @@ Result<std::int32_t> Client::Impl::new_worker_slot(const std::string& name, std:
   if (auto ch = open_worker_channel(w); !ch) {
     arena.release_participant(*s);
     w.slot = kNoSlot;
+    last_pool_error = ch.error().message;
+    update_usable();
     return fail(std::move(ch).error());
   }
   w.alive = false;  // until its process reports ready
   w.in_flight = 0;
   w.pid = 0;
+  update_usable();
   return index;
 }
 
@@ -130,6 +133,7 @@ Result<void> Client::Impl::open_worker_channel(WorkerState& w) {
   if (!ch) return fail(std::move(ch).error());
   w.channel = *ch;
   w.generation = arena.channel(*ch).generation.load(std::memory_order_relaxed);  // relaxed: we opened it
+  w.pushed = 0;  // a fresh ring starts at index 0
   w.requests = RingProducer(arena, arena.channel(*ch).request_ring);
   w.results = RingConsumer(arena, arena.channel(*ch).response_ring);
   return {};
@@ -143,6 +147,7 @@ void Client::Impl::on_worker_ready(std::int32_t index, int pid) {
   w.gave_up = false;
   if (pid > 0 && !control) arena.set_participant_pid(w.slot, pid);  // a pool sets its workers' pids
   rebuild_dispatch_order();
+  update_usable();
 }
 
 void Client::Impl::bind_worker_channel(std::int32_t index, std::uint32_t ch, std::uint32_t worker_slot) {
@@ -161,15 +166,28 @@ void Client::Impl::bind_worker_channel(std::int32_t index, std::uint32_t ch, std
   w.requests = RingProducer(arena, arena.channel(ch).request_ring);
   w.results = RingConsumer(arena, arena.channel(ch).response_ring);
   w.in_flight = 0;
+  w.pushed = 0;  // a fresh ring starts at index 0
+  w.holds_suspect = false;
 }
 
 void Client::Impl::on_worker_gave_up(std::int32_t index, const std::string& why) {
   if (index < 0 || static_cast<std::size_t>(index) >= workers.size()) return;
   workers[static_cast<std::size_t>(index)].gave_up = true;
   last_pool_error = why;
+  update_usable();
   // With no live worker left, pending tiles can never run: fail them now rather than hang.
-  if (std::none_of(workers.begin(), workers.end(), [](const WorkerState& w) { return w.alive; }))
-    fail_all_pending("no live worker: " + why);
+  if (!usable) fail_all_pending("no live worker: " + why);
+}
+
+void Client::Impl::update_usable() {
+  usable = std::any_of(workers.begin(), workers.end(), [](const WorkerState& w) {
+    return w.alive || (w.slot != kNoSlot && !w.gave_up);
+  });
+}
+
+std::string Client::Impl::unavailable_reason() const {
+  if (workers.empty()) return "no worker pool (call start_pool first)";
+  return "no live worker and none coming back" + (last_pool_error.empty() ? std::string() : ": " + last_pool_error);
 }
 
 // Worker death, recovery steps 1-2 (pool/arena_pool.hpp): drain what it published,
@@ -183,6 +201,14 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
   // 1. Results it published before dying are complete (release/acquire): deliver them
   //    (unless it corrupted shared memory: then nothing more of it is read).
   drain_worker(w);
+  // Which tiles it had taken: those before its request ring's head. A tile still in the
+  // ring never ran there, so the death says nothing about it and costs it no retry.
+  std::uint64_t taken = w.pushed;
+  if (w.requests.valid()) {
+    // relaxed: the worker is dead (nothing races); a value it corrupted is bounded by what
+    // we pushed and can only add strikes, never lose a tile.
+    taken = std::min(w.pushed, arena.ring(w.requests.index()).head.load(std::memory_order_relaxed));
+  }
   // 2. Every tile still dispatched to it gets exactly one outcome: retry or FAILED.
   for (auto& s : streams) {
     if (!s.open && s.records.empty()) continue;
@@ -192,24 +218,34 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
         continue;
       }
       if (r.state != Record::State::dispatched || r.worker != index) continue;
-      if (r.retries < max_retries) {
-        ++r.retries;
+      if (r.ring_pos >= taken) {  // never taken: back to the front of the queue
+        r.state = Record::State::pending;
+        r.worker = -1;
+        s.pending.push_front(r.seq);
+        continue;
+      }
+      if (r.strikes < 255) ++r.strikes;
+      if (r.strikes <= max_retries) {
         ++s.stats.retried;
         r.state = Record::State::pending;
         r.worker = -1;
         s.pending.push_front(r.seq);
       } else {
-        finish(s, r, Outcome::failed, TileStatus::WorkerDied, "worker " + std::to_string(index) + " died: " + why, {},
-               Holder::none);
+        const unsigned n = r.strikes;
+        finish(s, r, Outcome::failed, TileStatus::WorkerDied,
+               "worker died on this tile " + std::to_string(n) + (n == 1 ? " time" : " times") + "; last: worker " +
+                   std::to_string(index) + " died: " + why,
+               {}, Holder::none);
       }
     }
   }
   w.in_flight = 0;
+  w.holds_suspect = false;
+  w.pushed = 0;
   mark_idle(w);
   w.requests = {};
   w.results = {};
   ++w.restarts;
-  const bool comes_back = control && control->restarts(index);
   // 3-6. The owner closes its channels, reclaims its blocks and respawns it.
   if (control) {
     control->recovered(w);
@@ -219,8 +255,8 @@ void Client::Impl::on_worker_died(std::int32_t index, const std::string& reason)
   }
   w.fault.clear();
   rebuild_dispatch_order();
-  if (!comes_back && std::none_of(workers.begin(), workers.end(), [](const WorkerState& x) { return x.alive; }))
-    fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + why);
+  update_usable();
+  if (!usable) fail_all_pending("no live worker: worker " + std::to_string(index) + " died: " + why);
 }
 
 void Client::Impl::fail_all_pending(const std::string& why) {
@@ -330,16 +366,21 @@ void Client::Impl::pump() {
   for (std::uint32_t si : stream_order) {
     StreamState& s = streams[si];
     while (!s.pending.empty()) {
-      WorkerState* best = nullptr;
-      for (auto& w : workers)
-        if (w.alive && w.in_flight < opts.worker_window && (best == nullptr || w.in_flight < best->in_flight)) best = &w;
-      if (best == nullptr) goto done;
       const std::uint64_t seq = s.pending.front();
       Record& r = s.records[seq % s.records.size()];
       if (r.state != Record::State::pending || r.seq != seq) {  // canceled while queued
         s.pending.pop_front();
         continue;
       }
+      // A suspect (a worker died while running it) runs alone on an idle worker, so that
+      // a further death is its own and no bystander pays for it.
+      const bool suspect = r.strikes != 0;
+      const std::uint64_t window = suspect ? 1 : opts.worker_window;
+      WorkerState* best = nullptr;
+      for (auto& w : workers)
+        if (w.alive && !w.holds_suspect && w.in_flight < window && (best == nullptr || w.in_flight < best->in_flight))
+          best = &w;
+      if (best == nullptr) goto done;
       TileDesc d{};
       d.mutate_seq(seq);
       d.mutate_stream(si);
@@ -358,6 +399,8 @@ void Client::Impl::pump() {
       s.pending.pop_front();
       r.state = Record::State::dispatched;
       r.worker = best->index;
+      r.ring_pos = best->pushed++;
+      best->holds_suspect = suspect;
       ++best->in_flight;
       mark_busy(*best);
       best->needs_notify = true;
@@ -406,7 +449,7 @@ void Client::Impl::peer_fault(WorkerState& w, const std::string& seen) {
   w.fault = "worker " + std::to_string(w.index) + " " + seen;
   std::fprintf(stderr, "tessera client: %s; treating it as dead\n", w.fault.c_str());
   w.alive = false;
-  if (control && w.pid > 0 && control->kill(w.index)) return;  // its death event runs the recovery
+  if (control && !w.external && control->kill(w.index)) return;  // its death event runs the recovery
   on_worker_died(w.index, "killed");
 }
 
@@ -417,6 +460,7 @@ void Client::Impl::drop_answer_block(WorkerState& w, const TileDesc& d) noexcept
 
 void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
   if (w.in_flight > 0) --w.in_flight;
+  if (w.in_flight == 0) w.holds_suspect = false;
   mark_idle(w);
   ++w.completed;
   if (d.stream() >= streams.size()) {  // no stream of that id was ever opened
@@ -446,6 +490,14 @@ void Client::Impl::on_answer(WorkerState& w, const TileDesc& d) {
     drop_answer_block(w, d);
     finish(s, r, Outcome::canceled, TileStatus::Canceled, "superseded by epoch " + std::to_string(s.epoch), {},
            Holder::none);
+    return;
+  }
+  // A result that arrives after the tile's deadline is never delivered as on time: the
+  // tile fails with Deadline (docs/guarantees.md). One clock read, for deadlined tiles only.
+  if (r.deadline != Clock::time_point{} && Clock::now() >= r.deadline) {
+    drop_answer_block(w, d);
+    finish(s, r, Outcome::failed, TileStatus::Deadline, "deadline exceeded: the worker answered after the tile's deadline",
+           {}, Holder::none);
     return;
   }
   switch (d.kind()) {
@@ -503,13 +555,13 @@ void Client::Impl::check_timers() {
     for (auto& r : s.records) {
       if ((r.state == Record::State::pending || r.state == Record::State::dispatched) &&
           r.deadline != Clock::time_point{} && now >= r.deadline) {
-        finish(s, r, Outcome::failed, TileStatus::Deadline, "deadline passed", {});
+        finish(s, r, Outcome::failed, TileStatus::Deadline, "deadline exceeded", {});
       } else if (r.state == Record::State::abandoned && r.worker >= 0 && cancel_grace.count() > 0 &&
                  r.abandoned_at != Clock::time_point{} && now - r.abandoned_at > cancel_grace) {
         // Cooperative cancel did not stop it in time: kill and respawn the worker.
         WorkerState& w = workers[static_cast<std::size_t>(r.worker)];
         r.abandoned_at = {};
-        if (w.alive && w.pid > 0 && control) (void)control->kill(r.worker);
+        if (w.alive && !w.external && control) (void)control->kill(r.worker);
       }
     }
   }
@@ -581,11 +633,18 @@ Result<std::unique_ptr<Client>> Client::embedded(ClientOptions opts) {
 Result<Client::ExternalWorker> Client::add_external_worker(const std::string& name) {
   auto idx = impl_->new_worker_slot(name, -1);
   if (!idx) return fail(std::move(idx).error());
-  const auto& w = impl_->workers[static_cast<std::size_t>(*idx)];
+  auto& w = impl_->workers[static_cast<std::size_t>(*idx)];
+  w.external = true;
   return ExternalWorker{*idx, w.slot, impl_->arena.fd()};
 }
 
-void Client::set_worker_pid(std::int32_t index, int pid) { impl_->on_worker_ready(index, pid); }
+// Only for a worker the caller started: a pool's (or a broker's) workers are reported by
+// their owner, and the pid given here is only shown (workers(), the arena), never signalled.
+void Client::set_worker_pid(std::int32_t index, int pid) {
+  if (index < 0 || static_cast<std::size_t>(index) >= impl_->workers.size()) return;
+  if (!impl_->workers[static_cast<std::size_t>(index)].external) return;
+  impl_->on_worker_ready(index, pid);
+}
 
 void Client::worker_died(std::int32_t index, const std::string& reason) {
   impl_->on_worker_died(index, reason);
@@ -616,10 +675,13 @@ Result<void> Client::kill_worker(std::int32_t index) {
   if (index < 0 || static_cast<std::size_t>(index) >= impl_->workers.size())
     return fail(Errc::invalid_argument, "kill_worker: no worker " + std::to_string(index));
   const auto& w = impl_->workers[static_cast<std::size_t>(index)];
-  if (!w.alive || w.pid <= 0) return fail(Errc::unavailable, "kill_worker: worker " + std::to_string(index) + " is not running");
-  if (impl_->control) return impl_->control->kill(index);
-  if (::kill(w.pid, SIGKILL) != 0) return fail(Error::sys("kill"));
-  return {};
+  // Only processes our pool spawned are signalled (through their pidfd): never a pid
+  // someone reported (set_worker_pid, a peer), which may name an unrelated process.
+  if (w.external || !impl_->control)
+    return fail(Errc::invalid_argument, "kill_worker: worker " + std::to_string(index) +
+                                            " was started by the caller (add_external_worker); stop it yourself");
+  if (!w.alive) return fail(Errc::unavailable, "kill_worker: worker " + std::to_string(index) + " is not running");
+  return impl_->control->kill(index);
 }
 
 Result<std::uint32_t> Client::open_stream(const StreamOptions& opts) {
@@ -663,7 +725,9 @@ AllocStatus Client::try_alloc(std::uint64_t bytes, InputBlock& out) noexcept {
 }
 
 Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::nanoseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
+  impl_->handle_events();  // one acquire load unless a worker event waits (it may be the last worker's)
+  if (!impl_->usable) return fail(Errc::unavailable, "alloc: " + impl_->unavailable_reason());
+  const auto deadline = detail::deadline_after(Clock::now(), timeout);
   for (;;) {
     const AllocStatus st = try_alloc(bytes, out);
     if (st == AllocStatus::ok) return {};
@@ -729,10 +793,10 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
     return fail(Errc::invalid_argument, "submit: shape " + meta.shape.str() + " of " + std::string(dtype_name(meta.dtype)) +
                                             " needs " + std::to_string(nbytes) + " bytes; the block holds " +
                                             std::to_string(block.block_.capacity));
-  if (I.workers.empty())
-    return fail(Errc::unavailable, "submit: no worker pool (call start_pool first)");
+  I.handle_events();  // one acquire load unless a worker event waits (it may be the last worker's)
+  if (!I.usable) return fail(Errc::unavailable, "submit: " + I.unavailable_reason());
   StreamState& s = I.streams[stream];
-  const auto deadline = Clock::now() + timeout;
+  const auto deadline = detail::deadline_after(Clock::now(), timeout);
   for (;;) {
     Record& slot = s.records[s.next_seq % s.records.size()];
     if (slot.state == Record::State::free && in_flight_ < I.opts.max_in_flight) break;
@@ -745,6 +809,8 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
     if (I.take_wake()) return fail(Errc::canceled, "submit: woken (Client::wake) while the stream was full");
     (void)doorbell_wait(*I.bell, [&I] { return I.results_ready(); }, deadline, I.opts.wait);
   }
+  // The wait above ran worker events: the last worker may be gone by now.
+  if (!I.usable) return fail(Errc::unavailable, "submit: " + I.unavailable_reason());
   const std::uint64_t seq = s.next_seq++;
   Record& r = s.records[seq % s.records.size()];
   r = Record{};
@@ -756,7 +822,7 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
   r.meta = meta;
   r.submitted = Clock::now();
   const auto dl = meta.deadline.count() != 0 ? meta.deadline : s.opts.deadline;
-  if (dl.count() != 0) r.deadline = r.submitted + dl;
+  if (dl.count() > 0) r.deadline = detail::deadline_after(r.submitted, dl);
   block.slab_ = nullptr;  // the record owns the block now
   ++s.live;
   ++s.stats.submitted;
@@ -767,7 +833,7 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
 
 std::size_t Client::poll(std::vector<TileResult>& out, std::size_t max, std::chrono::nanoseconds timeout) {
   auto& I = *impl_;
-  const auto deadline = Clock::now() + timeout;
+  const auto deadline = detail::deadline_after(Clock::now(), timeout);
   std::size_t n = 0;
   I.last_poll_woken = false;
   for (;;) {

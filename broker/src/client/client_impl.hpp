@@ -14,6 +14,13 @@
 namespace tessera {
 namespace detail {
 
+// now + timeout, saturated: a timeout of nanoseconds::max() ("forever") never wraps.
+inline Clock::time_point deadline_after(Clock::time_point now, std::chrono::nanoseconds timeout) noexcept {
+  if (timeout <= std::chrono::nanoseconds::zero()) return now;
+  if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
+  return now + timeout;
+}
+
 // Fixed-capacity FIFO of sequence numbers with push_front (for retries). No allocation
 // after construction.
 class SeqQueue {
@@ -51,8 +58,12 @@ struct Record {
   };
   State state = State::free;
   Delivery delivery = Delivery::none;
-  std::uint8_t retries = 0;
+  // Deaths of a worker that had taken this tile (popped it from its ring) and not
+  // answered it. A tile with strikes is a suspect: dispatched alone to an idle worker,
+  // so a further death is its own; at max_retries + 1 strikes it fails as poison.
+  std::uint8_t strikes = 0;
   std::int32_t worker = -1;
+  std::uint64_t ring_pos = 0;  // its index in the worker's request ring (taken iff < the ring's head)
   std::uint32_t stream = 0;
   std::uint32_t epoch = 0;
   std::uint64_t seq = 0;
@@ -85,6 +96,9 @@ struct WorkerState {
   bool alive = false;
   bool gave_up = false;
   bool needs_notify = false;
+  bool external = false;        // started by the caller (add_external_worker): never signalled by us
+  bool holds_suspect = false;   // it runs a suspect tile alone (nothing else is dispatched to it)
+  std::uint64_t pushed = 0;     // descriptors pushed into its current request ring
   std::uint64_t in_flight = 0, completed = 0, busy_ns = 0;
   Clock::time_point busy_since{};
   std::uint32_t restarts = 0;
@@ -139,6 +153,10 @@ struct Client::Impl {
   void on_worker_died(std::int32_t index, const std::string& reason);
   void on_worker_gave_up(std::int32_t index, const std::string& why);
   void fail_all_pending(const std::string& why);
+  // Whether a submitted tile can still run: some worker is alive or may come back.
+  // Kept in `usable` (read on every submit/alloc) and refreshed on every worker event.
+  void update_usable();
+  std::string unavailable_reason() const;
   void rebuild_dispatch_order();
   void release_input(detail::Record& r) noexcept;
   void mark_busy(detail::WorkerState& w) noexcept;
@@ -180,6 +198,7 @@ struct Client::Impl {
   std::uint64_t stray_answers = 0;
   std::uint64_t reclaimed_blocks = 0;
   std::string last_pool_error;
+  bool usable = false;
 
   // The workers' owner: set by start_pool (embedded) or connect (remote); none for
   // workers added with add_external_worker.

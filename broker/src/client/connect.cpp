@@ -76,12 +76,15 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, 
   std::vector<boost::json::object> after_hello;  // lines that came in the same read as the hello
   int arena_fd = -1;
   boost::json::object hello;
-  const auto deadline = Clock::now() + timeout;
+  // Saturated: a timeout of milliseconds::max() ("forever") never wraps.
+  const auto deadline = timeout >= std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::nanoseconds::max())
+                            ? Clock::time_point::max()
+                            : detail::deadline_after(Clock::now(), timeout);
   while (hello.empty()) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return fail(Errc::timeout, "connect: the broker did not say hello");
     pollfd p{conn->sock, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+    if (::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, 1000))) <= 0) continue;
     if (wire::recv_some(conn->sock, buf, &arena_fd) <= 0) return fail(Errc::unavailable, "connect: the broker closed the connection");
     lines.feed(buf, [&](const boost::json::object& m) {
       if (hello.empty()) {

@@ -71,6 +71,8 @@ Result<void> Client::start_pool(const PoolSpec& spec) {
       // The slot stays registered but unused; release it so nothing leaks.
       I.reclaimed_blocks += pool::reclaim_dead_worker(I.arena, w.slot, {&w.channel, 1}, false);
       w.slot = kNoSlot;
+      I.last_pool_error = pid.error().message;
+      I.update_usable();
       return fail(pid.error().code, "start_pool: " + pid.error().message);
     }
     I.on_worker_ready(*idx, *pid);

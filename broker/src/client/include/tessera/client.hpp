@@ -52,10 +52,16 @@ struct PoolSpec {
   int count = 1;
   std::map<std::string, std::string> env;        // explicit additions (the rest is scrubbed)
   std::vector<std::string> init_scripts;         // Appose init steps, in order (they append)
-  int max_retries = 1;                           // re-dispatches of a tile whose worker died
+  // Re-dispatches of a tile whose worker died while running it: at max_retries + 1 such
+  // deaths the tile fails as poison ("worker died on this tile N times"). Tiles the dead
+  // worker had not taken yet are re-queued without using a retry.
+  int max_retries = 1;
   bool restart = true;                           // respawn dead workers (with backoff)
   std::chrono::milliseconds ready_timeout{30'000};
   std::chrono::milliseconds cancel_grace{2'000};
+  // A worker that holds tiles and shows no progress (no tile taken or answered, no
+  // heartbeat) for this long is killed; its tiles are retried or fail. 0: never.
+  std::chrono::milliseconds stall_timeout{60'000};
   // Accelerators, one worker each (overrides count): worker i gets CUDA_VISIBLE_DEVICES=devices[i],
   // so each model owns one device and one ring. Empty: `count` workers, environment untouched.
   std::vector<std::string> devices;
