@@ -17,25 +17,32 @@
 
 namespace tessera::wire {
 
+// A message header for one iovec, carrying `fd` (SCM_RIGHTS) when fd >= 0.
+struct FdControl {
+  alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))];
+};
+inline void prepare_msg(msghdr& mh, iovec& iov, FdControl& ctl, int fd) noexcept {
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (fd < 0) return;
+  std::memset(ctl.buf, 0, sizeof ctl.buf);
+  mh.msg_control = ctl.buf;
+  mh.msg_controllen = sizeof ctl.buf;
+  cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+}
+
 // Sends one line (a '\n' is appended), with `fd` attached if >= 0. Returns false on error.
 inline bool send_line(int sock, const boost::json::object& msg, int fd = -1) noexcept {
   std::string line = boost::json::serialize(msg);
   line += '\n';
   iovec iov{line.data(), line.size()};
   msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    std::memset(ctl, 0, sizeof ctl);
-    mh.msg_control = ctl;
-    mh.msg_controllen = sizeof ctl;
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
+  FdControl ctl;
+  prepare_msg(mh, iov, ctl, fd);
   std::size_t off = 0;
   while (off < line.size()) {
     iov.iov_base = line.data() + off;
@@ -63,19 +70,8 @@ inline std::string encode_line(const boost::json::object& msg) {
 inline ssize_t send_some(int sock, const char* data, std::size_t len, int fd = -1) noexcept {
   iovec iov{const_cast<char*>(data), len};
   msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    std::memset(ctl, 0, sizeof ctl);
-    mh.msg_control = ctl;
-    mh.msg_controllen = sizeof ctl;
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
+  FdControl ctl;
+  prepare_msg(mh, iov, ctl, fd);
   ssize_t n;
   do {
     n = ::sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
