@@ -15,8 +15,10 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <random>
+#include <string>
 #include <thread>
 
 #include <tessera/broker_server.hpp>
@@ -59,8 +61,16 @@ tessera::BrokerServerOptions options(const std::string& path, int workers = 1) {
   return o;
 }
 
+// Bytes received on a socket past the last line read_until returned (a later call on the
+// same socket starts with them). Keyed by descriptor, reset when connect_raw opens one.
+std::map<int, std::string>& unread() {
+  static std::map<int, std::string> m;
+  return m;
+}
+
 int connect_raw(const std::string& path) {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  unread().erase(fd);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
@@ -85,12 +95,15 @@ bool send_text(int fd, const std::string& s) {
 
 // Reads lines until one contains `needle` (returned) or EOF/timeout (empty).
 std::string read_until(int fd, const std::string& needle, std::chrono::milliseconds timeout, bool* eof = nullptr) {
-  std::string buf;
+  std::string& buf = unread()[fd];
   const auto end = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < end) {
     for (std::size_t nl; (nl = buf.find('\n')) != std::string::npos; buf.erase(0, nl + 1)) {
       std::string line = buf.substr(0, nl);
-      if (line.find(needle) != std::string::npos) return line;
+      if (line.find(needle) != std::string::npos) {
+        buf.erase(0, nl + 1);
+        return line;
+      }
     }
     pollfd p{fd, POLLIN, 0};
     if (::poll(&p, 1, 50) <= 0) continue;

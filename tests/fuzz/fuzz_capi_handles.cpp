@@ -10,6 +10,7 @@
 // names the oracle's value; nothing stale is ever dereferenced (ASan).
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -24,7 +25,7 @@ namespace capi = tessera::capi;
 namespace {
 
 [[noreturn]] void broken(const char* what) {
-  (void)what;
+  std::fprintf(stderr, "capi handles property failed: %s (last error: %s)\n", what, tessera_last_error());
   std::abort();
 }
 

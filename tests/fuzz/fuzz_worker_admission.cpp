@@ -24,7 +24,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // Independent oracle: 128-bit product, no shared code with tensor_nbytes.
   const std::size_t elem = tessera::dtype_size(d.dtype());
   bool ok = d.ndim() >= 1 && d.ndim() <= 4 && elem != 0;
-  unsigned __int128 bytes = elem;
+  __extension__ using u128 = unsigned __int128;  // GNU extension (both g++ and clang)
+  u128 bytes = elem;
   for (std::uint8_t i = 0; ok && i < d.ndim(); ++i) {
     bytes *= d.dims()->Get(i);
     if (bytes > UINT64_MAX) ok = false;  // at most 2^64 * 2^32: no 128-bit overflow first

@@ -10,8 +10,6 @@
 //     message, parse_client(to_json(m)) gives back the same message;
 //   - the fields a client reads from the broker's messages (get_int/get_str on any
 //     object, including nested worker records) never fail.
-// Built without libFuzzer (TESSERA_FUZZ_REPLAY_MAIN), the same file is a replayer:
-// `tessera_fuzz_listen_wire_replay DIR...` runs each file once (a ctest smoke).
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -110,30 +108,3 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(got == expected.size(), "fewer lines delivered than the input holds");
   return 0;
 }
-
-#ifdef TESSERA_FUZZ_REPLAY_MAIN
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-
-int main(int argc, char** argv) {
-  std::size_t n = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::vector<std::filesystem::path> files;
-    if (std::filesystem::is_directory(argv[i])) {
-      for (const auto& e : std::filesystem::directory_iterator(argv[i]))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.emplace_back(argv[i]);
-    }
-    for (const auto& f : files) {
-      std::ifstream in(f, std::ios::binary);
-      const std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(s.data()), s.size());
-      ++n;
-    }
-  }
-  std::printf("replayed %zu input(s)\n", n);
-  return n > 0 ? 0 : 1;
-}
-#endif

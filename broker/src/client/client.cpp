@@ -726,7 +726,10 @@ AllocStatus Client::try_alloc(std::uint64_t bytes, InputBlock& out) noexcept {
 
 Result<void> Client::alloc(std::uint64_t bytes, InputBlock& out, std::chrono::nanoseconds timeout) {
   impl_->handle_events();  // one acquire load unless a worker event waits (it may be the last worker's)
-  if (!impl_->usable) return fail(Errc::unavailable, "alloc: " + impl_->unavailable_reason());
+  // Before any pool exists a host may fill blocks ahead of start_pool(); once a pool
+  // existed and no worker can come back, waiting for a block would be waiting for nothing.
+  if (!impl_->usable && !impl_->workers.empty())
+    return fail(Errc::unavailable, "alloc: " + impl_->unavailable_reason());
   const auto deadline = detail::deadline_after(Clock::now(), timeout);
   for (;;) {
     const AllocStatus st = try_alloc(bytes, out);

@@ -4,6 +4,7 @@
 #include <tessera/broker_server.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <deque>
 #include <future>
 #include <map>
@@ -134,6 +136,39 @@ class BrokerServer::Impl {
     return {};
   }
 
+  // Whether a broker answers on the socket at `path`. A connect() that is refused means
+  // stale. A connect() that succeeds is not enough: after a SIGKILL the kernel may keep
+  // the dead broker's listening socket (held by its io_uring until that is torn down,
+  // asynchronously) for a few milliseconds, accepting into a backlog nobody reads. So a
+  // line is sent (a live broker answers anything before a hello with an error line) and
+  // the probe repeats for up to 3 s: an answer means live, a refused connect means
+  // stale, and a socket that keeps accepting without answering is refused, not removed.
+  static Result<bool> probe_existing(const sockaddr_un& addr, const std::string& path) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    for (;;) {
+      const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (probe < 0) return fail(Error::sys("broker: socket"));
+      if (::connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+        const int err = errno;
+        ::close(probe);
+        if (err == ECONNREFUSED) return false;
+        errno = err;
+        return fail(Error::sys("broker: cannot probe the existing socket " + path));
+      }
+      static constexpr char kProbe[] = "{\"type\":\"probe\"}\n";
+      (void)::send(probe, kProbe, sizeof kProbe - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      pollfd p{probe, POLLIN, 0};
+      char byte = 0;
+      const bool answered = ::poll(&p, 1, 500) > 0 && ::recv(probe, &byte, 1, MSG_DONTWAIT) > 0;
+      ::close(probe);
+      if (answered) return true;
+      if (std::chrono::steady_clock::now() >= until)
+        return fail(Errc::invalid_argument, "broker: " + path + " accepts connections but no broker answers on it; "
+                                            "not replacing it (remove it if no broker runs)");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
   // Never removes what this broker did not create: a stale socket (nobody accepts on
   // it: connect() is refused) is replaced, a live one is refused, and anything that
   // is not a socket is left alone and refused.
@@ -148,17 +183,9 @@ class BrokerServer::Impl {
     if (::lstat(path.c_str(), &sb) == 0) {
       if (!S_ISSOCK(sb.st_mode))
         return fail(Errc::invalid_argument, "broker: " + path + " exists and is not a socket; not replacing it");
-      const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-      if (probe < 0) return fail(Error::sys("broker: socket"));
-      const int rc = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-      const int err = errno;
-      ::close(probe);
-      if (rc == 0 || err == EAGAIN || err == EINPROGRESS)
-        return fail(Errc::invalid_argument, "broker: another broker is listening on " + path + "; not replacing it");
-      if (err != ECONNREFUSED) {
-        errno = err;
-        return fail(Error::sys("broker: cannot probe the existing socket " + path));
-      }
+      auto live = probe_existing(addr, path);
+      if (!live) return fail(std::move(live).error());
+      if (*live) return fail(Errc::invalid_argument, "broker: another broker is listening on " + path + "; not replacing it");
       if (::unlink(path.c_str()) != 0 && errno != ENOENT) return fail(Error::sys("broker: cannot remove the stale socket " + path));
       spdlog::info("broker: replaced the stale socket {} (no broker accepted on it)", path);
     } else if (errno != ENOENT) {
