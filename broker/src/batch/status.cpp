@@ -1,5 +1,7 @@
 // `tessera batch status`: the batch as seen by the status bucket and the stream.
 #include <algorithm>
+#include <map>
+#include <utility>
 
 #include <tessera/batch/batch.hpp>
 
@@ -15,7 +17,9 @@ Result<BatchStatus> read_status(Session& s, const BatchNames& names) {
   natsStatus st = kvStore_WatchAll(&w, *kv, &wo);
   if (st != NATS_OK) return fail(nats_error(st, "status bucket watch"));
   BatchStatus out;
-  // The watcher first replays the latest value of every key, then a null entry.
+  // The watcher first replays the latest value of every key, then a null entry; an
+  // item updated while it replays can come twice, so the newest revision of each key wins.
+  std::map<std::string, std::pair<std::uint64_t, ItemStatus>> latest;
   for (;;) {
     kvEntry* raw = nullptr;
     st = kvWatcher_Next(&raw, w, 10'000);
@@ -29,14 +33,19 @@ Result<BatchStatus> read_status(Session& s, const BatchNames& names) {
     const char* v = kvEntry_ValueString(e.get());
     auto item = status_from_json(v ? v : "");
     if (!item) continue;  // not ours
-    switch (item->state) {
+    auto& slot = latest[kvEntry_Key(e.get())];
+    const std::uint64_t rev = kvEntry_Revision(e.get());
+    if (rev >= slot.first) slot = {rev, std::move(*item)};
+  }
+  for (auto& [key, entry] : latest) {
+    switch (entry.second.state) {
       case ItemState::pending: ++out.pending; break;
       case ItemState::running: ++out.running; break;
       case ItemState::retry: ++out.retry; break;
       case ItemState::done: ++out.done; break;
       case ItemState::failed: ++out.failed; break;
     }
-    out.items.push_back({kvEntry_Key(e.get()), std::move(*item)});
+    out.items.push_back({key, std::move(entry.second)});
   }
   kvWatcher_Destroy(w);
   std::sort(out.items.begin(), out.items.end(),
