@@ -209,7 +209,7 @@ bool Worker::admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept {
 TakeStatus Worker::take(std::vector<Tile>& out, std::size_t max, std::chrono::nanoseconds timeout) {
   out.clear();
   if (max == 0) max = 1;
-  const auto deadline = Clock::now() + timeout;
+  const auto deadline = deadline_after(Clock::now(), timeout);
   for (;;) {
     if (stop_requested()) return TakeStatus::stopped;
     refresh_channels();
@@ -247,7 +247,7 @@ AllocStatus Worker::alloc_output(DType dtype, const Shape& shape, OutputBlock& o
   AllocStatus st = slab_.try_alloc(bytes, b);
   // Exhaustion is normal under load: back off briefly (the client frees blocks as it
   // consumes results) instead of failing the tile at once. Off the steady-state path.
-  for (auto until = Clock::now() + opts_.alloc_wait; st == AllocStatus::no_space && Clock::now() < until && !stop_requested();) {
+  for (auto until = deadline_after(Clock::now(), opts_.alloc_wait); st == AllocStatus::no_space && Clock::now() < until && !stop_requested();) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     st = slab_.try_alloc(bytes, b);
   }

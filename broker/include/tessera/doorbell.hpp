@@ -18,6 +18,14 @@ enum class WaitStatus : std::uint8_t { ready = 0, timeout };
 
 using Clock = std::chrono::steady_clock;
 
+// now + timeout, saturated: a timeout of nanoseconds::max() ("forever") never wraps.
+// Every deadline computed from a caller's timeout goes through this.
+inline Clock::time_point deadline_after(Clock::time_point now, std::chrono::nanoseconds timeout) noexcept {
+  if (timeout <= std::chrono::nanoseconds::zero()) return now;
+  if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
+  return now + timeout;
+}
+
 // Wakes every sleeper of `bell`. Costs one uncontended atomic RMW when nobody sleeps.
 void doorbell_notify(Doorbell& bell) noexcept;
 

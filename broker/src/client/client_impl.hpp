@@ -14,12 +14,7 @@
 namespace tessera {
 namespace detail {
 
-// now + timeout, saturated: a timeout of nanoseconds::max() ("forever") never wraps.
-inline Clock::time_point deadline_after(Clock::time_point now, std::chrono::nanoseconds timeout) noexcept {
-  if (timeout <= std::chrono::nanoseconds::zero()) return now;
-  if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
-  return now + timeout;
-}
+using tessera::deadline_after;  // doorbell.hpp
 
 // Fixed-capacity FIFO of sequence numbers with push_front (for retries). No allocation
 // after construction.
