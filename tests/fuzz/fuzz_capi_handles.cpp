@@ -49,25 +49,8 @@ struct Obj {
   std::uint64_t id;
 };
 
-// A real client, shared by every input (creation maps an arena).
-tessera_client_t* shared_client() {
-  static tessera_client_t* c = [] {
-    const tessera_size_class_t classes[1] = {{4096, 64}};
-    tessera_client_options_t o;
-    tessera_client_options_init(&o);
-    o.classes = classes;
-    o.n_classes = 1;
-    o.n_rings = 2;
-    o.prefault = 0;
-    tessera_client_t* out = nullptr;
-    if (tessera_client_create(&o, &out) != 0) broken("cannot create the shared client");
-    return out;
-  }();
-  return c;
-}
-
-tessera_client_t* new_client() {
-  const tessera_size_class_t classes[1] = {{4096, 4}};
+tessera_client_t* make_client(std::uint32_t blocks, const char* what) {
+  const tessera_size_class_t classes[1] = {{4096, blocks}};
   tessera_client_options_t o;
   tessera_client_options_init(&o);
   o.classes = classes;
@@ -75,9 +58,17 @@ tessera_client_t* new_client() {
   o.n_rings = 2;
   o.prefault = 0;
   tessera_client_t* out = nullptr;
-  if (tessera_client_create(&o, &out) != 0) broken("cannot create a client");
+  if (tessera_client_create(&o, &out) != 0) broken(what);
   return out;
 }
+
+// A real client, shared by every input (creation maps an arena).
+tessera_client_t* shared_client() {
+  static tessera_client_t* c = make_client(64, "cannot create the shared client");
+  return c;
+}
+
+tessera_client_t* new_client() { return make_client(4, "cannot create a client"); }
 
 }  // namespace
 
