@@ -6,6 +6,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 
 #include <tiffio.h>
 #include <unistd.h>
@@ -67,6 +68,7 @@ Result<std::unique_ptr<PyramidTiff>> PyramidTiff::create(const std::string& path
   p->g_ = g;
   p->tile_ = g.tile;
   p->big_ = g.width * g.height > kBigTiffPixels;
+  p->threads_ = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1U, 16U));
   std::int64_t w = g.width, h = g.height;
   for (;;) {
     Level l;
@@ -230,21 +232,43 @@ Result<void> PyramidTiff::copy_level0_in_grid_order() {
   return {};
 }
 
+// Level k from level k-1, one band of tile rows at a time: every thread takes rows of
+// the band, reads the four children of each tile through its own reader, downsamples
+// and compresses; the calling thread then appends the band's tiles in grid order (so
+// the bytes do not depend on the thread count). Memory: one band of compressed tiles.
 Result<void> PyramidTiff::build_level(int k) {
   const Level& up = levels_[static_cast<std::size_t>(k - 1)];
   Level& l = levels_[static_cast<std::size_t>(k)];
-  errno = 0;
-  TiffPtr rd(open_tiff(path_, "r", last_error_.get()));
-  if (!rd || !TIFFSetDirectory(rd.get(), static_cast<tdir_t>(k - 1)))
-    return fail(tiff_error("cannot read back level " + std::to_string(k - 1)));
   const auto t = static_cast<std::size_t>(tile_);
   const std::size_t half = t / 2;
-  std::vector<std::uint8_t> child(t * t);
-  for (std::int64_t r = 0; r < l.rows; ++r)
+  const int threads = static_cast<int>(std::clamp<std::int64_t>(l.rows, 1, threads_));
+
+  struct Lane {
+    TiffPtr rd;
+    std::string last_error;
+    std::vector<std::uint8_t> child, px;
+    std::string error;  // empty: the lane's rows of this band are done
+  };
+  std::vector<Lane> lanes(static_cast<std::size_t>(threads));
+  for (auto& ln : lanes) {
+    errno = 0;
+    ln.rd.reset(open_tiff(path_, "r", &ln.last_error));
+    if (!ln.rd || !TIFFSetDirectory(ln.rd.get(), static_cast<tdir_t>(k - 1)))
+      return fail(tiff_error("cannot read back level " + std::to_string(k - 1) +
+                             (ln.last_error.empty() ? "" : ": " + ln.last_error)));
+    ln.child.resize(t * t);
+    ln.px.resize(t * t);
+  }
+  // Compressed tile per column of each row of the band (empty: background).
+  std::vector<std::vector<std::vector<std::uint8_t>>> band(static_cast<std::size_t>(threads));
+  for (auto& row : band) row.resize(static_cast<std::size_t>(l.cols));
+
+  auto make_row = [&](Lane& ln, std::int64_t r, std::vector<std::vector<std::uint8_t>>& out) {
     for (std::int64_t c = 0; c < l.cols; ++c) {
-      const auto idx = static_cast<std::size_t>(r * l.cols + c);
+      auto& z = out[static_cast<std::size_t>(c)];
+      z.clear();
       bool any_child = false;
-      std::fill(buf_.begin(), buf_.end(), 0);
+      std::fill(ln.px.begin(), ln.px.end(), 0);
       for (int dy = 0; dy < 2; ++dy)
         for (int dx = 0; dx < 2; ++dx) {
           const std::int64_t cc = 2 * c + dx, cr = 2 * r + dy;
@@ -252,35 +276,61 @@ Result<void> PyramidTiff::build_level(int k) {
           const auto cidx = static_cast<std::size_t>(cr * up.cols + cc);
           if (!up.nonzero[cidx]) continue;
           any_child = true;
-          errno = 0;
-          if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(cidx), child.data(),
-                                  static_cast<tmsize_t>(child.size())) < 0)
-            return fail(
-                tiff_error("cannot read back tile " + std::to_string(cidx) + " of level " + std::to_string(k - 1)));
+          if (TIFFReadEncodedTile(ln.rd.get(), static_cast<std::uint32_t>(cidx), ln.child.data(),
+                                  static_cast<tmsize_t>(ln.child.size())) < 0) {
+            ln.error = "cannot read back tile " + std::to_string(cidx) + " of level " + std::to_string(k - 1) +
+                       (ln.last_error.empty() ? "" : ": " + ln.last_error);
+            return;
+          }
           // Downsample by max: a region one pixel wide stays visible at every level.
           for (std::size_t y = 0; y < half; ++y) {
-            const std::uint8_t* a = &child[(2 * y) * t];
+            const std::uint8_t* a = &ln.child[(2 * y) * t];
             const std::uint8_t* b = a + t;
-            std::uint8_t* o =
-                &buf_[(static_cast<std::size_t>(dy) * half + y) * t + static_cast<std::size_t>(dx) * half];
+            std::uint8_t* o = &ln.px[(static_cast<std::size_t>(dy) * half + y) * t + static_cast<std::size_t>(dx) * half];
             for (std::size_t x = 0; x < half; ++x)
               o[x] = std::max(std::max(a[2 * x], a[2 * x + 1]), std::max(b[2 * x], b[2 * x + 1]));
           }
         }
       std::uint8_t any = 0;
       if (any_child)
-        for (std::uint8_t v : buf_) any |= v;
-      if (any == 0) {
-        auto s = write_zero_tile(static_cast<std::uint32_t>(idx));
-        if (!s) return s;
-        continue;
+        for (std::uint8_t v : ln.px) any |= v;
+      if (any == 0) continue;
+      uLongf zlen = compressBound(static_cast<uLong>(ln.px.size()));
+      z.resize(zlen);
+      if (compress2(z.data(), &zlen, ln.px.data(), static_cast<uLong>(ln.px.size()), kDeflateLevel) != Z_OK) {
+        ln.error = "cannot compress tile " + std::to_string(r * l.cols + c) + " of level " + std::to_string(k);
+        return;
       }
-      errno = 0;
-      if (TIFFWriteEncodedTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), buf_.data(),
-                               static_cast<tmsize_t>(buf_.size())) < 0)
-        return fail(tiff_error("cannot write tile " + std::to_string(idx) + " of level " + std::to_string(k)));
-      l.nonzero[idx] = true;
+      z.resize(zlen);
     }
+  };
+
+  for (std::int64_t r0 = 0; r0 < l.rows; r0 += threads) {
+    const int n = static_cast<int>(std::min<std::int64_t>(threads, l.rows - r0));
+    {
+      std::vector<std::jthread> workers;
+      for (int i = 1; i < n; ++i)
+        workers.emplace_back([&, i] { make_row(lanes[static_cast<std::size_t>(i)], r0 + i, band[static_cast<std::size_t>(i)]); });
+      make_row(lanes[0], r0, band[0]);
+    }  // joined: the band's tiles and errors are visible
+    for (int i = 0; i < n; ++i) {
+      if (!lanes[static_cast<std::size_t>(i)].error.empty())
+        return fail(Errc::system, "mask TIFF '" + path_ + "': " + lanes[static_cast<std::size_t>(i)].error);
+      for (std::int64_t c = 0; c < l.cols; ++c) {
+        const auto idx = static_cast<std::size_t>((r0 + i) * l.cols + c);
+        const auto& z = band[static_cast<std::size_t>(i)][static_cast<std::size_t>(c)];
+        errno = 0;
+        if (z.empty()) {
+          if (auto s = write_zero_tile(static_cast<std::uint32_t>(idx)); !s) return s;
+          continue;
+        }
+        if (TIFFWriteRawTile(as_tiff(tif_), static_cast<std::uint32_t>(idx), const_cast<std::uint8_t*>(z.data()),
+                             static_cast<tmsize_t>(z.size())) < 0)
+          return fail(tiff_error("cannot write tile " + std::to_string(idx) + " of level " + std::to_string(k)));
+        l.nonzero[idx] = true;
+      }
+    }
+  }
   return {};
 }
 
@@ -306,10 +356,15 @@ Result<void> PyramidTiff::finish() {
 
 Result<Raster> PyramidTiff::read_level(int k) const {
   if (!finished_ || tif_) return fail(Errc::invalid_argument, "mask TIFF '" + path_ + "': read_level before finish");
-  errno = 0;
-  TiffPtr rd(open_tiff(path_, "r", last_error_.get()));
+  // Its own error string: the GeoJSON and the preview read levels from two threads.
+  std::string last_error;
+  const auto error = [&](const std::string& what) {
+    return Error{Errc::system,
+                 "mask TIFF '" + path_ + "': " + what + (last_error.empty() ? "" : ": " + last_error)};
+  };
+  TiffPtr rd(open_tiff(path_, "r", &last_error));
   if (!rd || !TIFFSetDirectory(rd.get(), static_cast<tdir_t>(k)))
-    return fail(tiff_error("cannot read back level " + std::to_string(k)));
+    return fail(error("cannot read back level " + std::to_string(k)));
   const Level& l = levels_[static_cast<std::size_t>(k)];
   Raster r;
   r.width = l.width;
@@ -324,7 +379,7 @@ Result<Raster> PyramidTiff::read_level(int k) const {
       errno = 0;
       if (TIFFReadEncodedTile(rd.get(), static_cast<std::uint32_t>(idx), tile.data(),
                               static_cast<tmsize_t>(tile.size())) < 0)
-        return fail(tiff_error("cannot read back tile " + std::to_string(idx) + " of level " + std::to_string(k)));
+        return fail(error("cannot read back tile " + std::to_string(idx) + " of level " + std::to_string(k)));
       const std::int64_t x0 = tc * tile_, y0 = tr * tile_;
       const auto n = static_cast<std::size_t>(std::min<std::int64_t>(tile_, l.width - x0));
       for (std::int64_t y = 0; y < tile_ && y0 + y < l.height; ++y)

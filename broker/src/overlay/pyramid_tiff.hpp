@@ -46,7 +46,7 @@ class PyramidTiff {
   std::int64_t level_height(int k) const noexcept { return levels_[static_cast<std::size_t>(k)].height; }
   // The first level whose longest side is at most `side` (the last level if none).
   int level_at_most(std::int64_t side) const noexcept;
-  // Reads a whole level (after finish); pick a small one.
+  // Reads a whole level (after finish); pick a small one. Safe from several threads.
   Result<Raster> read_level(int k) const;
   bool big_tiff() const noexcept { return big_; }
 
@@ -59,7 +59,7 @@ class PyramidTiff {
   Result<void> set_level_tags(int k);
   Result<void> write_zero_tile(std::uint32_t index);
   Result<void> copy_level0_in_grid_order();
-  Result<void> build_level(int k);  // level k from level k-1
+  Result<void> build_level(int k);  // level k from level k-1, on threads_ threads
   Error tiff_error(const std::string& what) const;
 
   std::string path_;
@@ -75,6 +75,7 @@ class PyramidTiff {
   std::vector<std::uint8_t> buf_;   // one tile (tile*tile bytes)
   std::vector<std::uint8_t> zero_;  // the zero tile, deflate-compressed once
   bool finished_ = false;
+  int threads_ = 1;  // lanes that build a lower level (one per core)
 };
 
 }  // namespace tessera::overlay::detail
