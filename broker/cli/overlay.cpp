@@ -85,6 +85,7 @@ class VerifyingWriter final : public overlay::MaskWriter {
     return next_ != nullptr ? next_->mark_failed(col, row, why) : Result<void>{};
   }
   Result<void> finish(const overlay::Slide* s) override { return next_ != nullptr ? next_->finish(s) : Result<void>{}; }
+  overlay::WriteTimes times() const override { return next_ != nullptr ? next_->times() : overlay::WriteTimes{}; }
   std::int64_t checked = 0, differing = 0, tissue = 0;
 
  private:
@@ -249,6 +250,10 @@ int run(const OverlayArgs& a) {
   fmt::print("stages:   tissue {:.3f} s, read+decode {:.3f} s ({} readers, summed), workers {:.3f} s (summed), stitch {:.3f} s, "
              "write {:.3f} s\n",
              rep->tissue_s, rep->read_s, rep->readers, rep->worker_s, rep->stitch_s, write_s);
+  const overlay::WriteTimes wt = sink.times();
+  if (!a.no_outputs)
+    fmt::print("write:    pyramid {:.3f} s, GeoJSON {:.3f} s beside preview {:.3f} s, sync+rename {:.3f} s\n", wt.pyramid_s,
+               wt.geojson_s, wt.png_s, wt.commit_s);
   fmt::print("cpu:      {:.2f} CPU-s ({:.3f} ms per tile); peak RSS {} MiB (workers {} MiB)\n", cpu_s, 1e3 * per_tile,
              self.ru_maxrss / 1024, rep->workers_peak_rss_kb / 1024);
   std::string util;
@@ -272,12 +277,14 @@ int run(const OverlayArgs& a) {
     fmt::print("{{\"slide\":\"{}\",\"reader\":\"{}\",\"tiles\":{},\"read\":{},\"skipped\":{},\"completed\":{},\"failed\":{},"
                "\"canceled\":{},\"tile\":{},\"readers\":{},\"workers\":{},\"worker\":\"{}\",\"seconds\":{:.6f},\"wall_s\":{:.6f},"
                "\"tiles_per_s\":{:.1f},\"stages\":{{\"tissue_s\":{:.6f},\"read_decode_s\":{:.6f},\"workers_s\":{:.6f},"
-               "\"stitch_s\":{:.6f},\"write_s\":{:.6f}}},\"p50_us\":{:.2f},\"p99_us\":{:.2f},\"cpu_s\":{:.3f},"
+               "\"stitch_s\":{:.6f},\"write_s\":{:.6f},\"write_pyramid_s\":{:.6f},\"write_geojson_s\":{:.6f},"
+               "\"write_png_s\":{:.6f},\"write_commit_s\":{:.6f}}},\"p50_us\":{:.2f},\"p99_us\":{:.2f},\"cpu_s\":{:.3f},"
                "\"cpu_ms_per_tile\":{:.4f},\"peak_rss_kb\":{},\"workers_peak_rss_kb\":{},\"worker_utilisation\":[{}],"
                "\"failures\":[{}]}}\n",
                json_escape(a.slide), slide->reader(), rep->tiles, processed, rep->skipped, rep->completed, rep->failed,
                rep->canceled, po.grid.tile, rep->readers, a.workers, json_escape(a.worker), rep->seconds, wall,
-               rep->tiles_per_s, rep->tissue_s, rep->read_s, rep->worker_s, rep->stitch_s, write_s, rep->p50_us, rep->p99_us,
+               rep->tiles_per_s, rep->tissue_s, rep->read_s, rep->worker_s, rep->stitch_s, write_s, wt.pyramid_s, wt.geojson_s,
+               wt.png_s, wt.commit_s, rep->p50_us, rep->p99_us,
                cpu_s, 1e3 * per_tile, self.ru_maxrss, rep->workers_peak_rss_kb, wu, fails);
   }
   return rc;

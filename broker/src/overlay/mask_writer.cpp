@@ -2,13 +2,14 @@
 // each written to a temp file next to its final name and renamed into place only
 // when all of them are complete. The pyramid is the single source: the GeoJSON is
 // traced from one of its small levels and the preview is made from another.
-#include <tessera/mask_writer.hpp>
-
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <thread>
 #include <vector>
 
+#include <tessera/mask_writer.hpp>
 #include <tessera/overlay.hpp>
 
 #include "atomic_output.hpp"
@@ -86,13 +87,34 @@ class Writer final : public MaskWriter {
 
   Result<void> finish(const Slide* slide) override {
     if (!pyramid_) return fail(Errc::invalid_argument, "mask writer: finish called twice");
+    using Seconds = std::chrono::duration<double>;
+    auto t = std::chrono::steady_clock::now();
     auto s = pyramid_->finish();
+    times_.pyramid_s = Seconds(std::chrono::steady_clock::now() - t).count();
+    // The preview and the GeoJSON only read the finished pyramid: the preview runs on a
+    // second thread beside the tracing.
+    Result<void> png = {};
+    std::jthread preview;
+    if (s && png_.active())
+      preview = std::jthread([&] {
+        const auto t0 = std::chrono::steady_clock::now();
+        const int k = pyramid_->level_at_most(kPreviewMaxSide);
+        auto r = pyramid_->read_level(k);
+        png = r ? detail::write_mask_preview(png_.temp_path(), *r,
+                                             g_.downsample * static_cast<double>(std::int64_t{1} << k), slide)
+                : Result<void>(fail(std::move(r).error()));
+        times_.png_s = Seconds(std::chrono::steady_clock::now() - t0).count();
+      });
+    t = std::chrono::steady_clock::now();
     // The GeoJSON is traced on the most detailed level of at most 4096 px whose
     // regions fit the corner budget; a mask of very many tiny regions moves to a
     // smaller level (the smallest, <= 1024 px, always fits: <= 2^20 corners).
     for (int k = pyramid_->level_at_most(kTraceMaxSide); s && geojson_.active(); ++k) {
       auto r = pyramid_->read_level(k);
-      if (!r) return fail(std::move(r).error());
+      if (!r) {
+        s = fail(std::move(r).error());
+        break;
+      }
       detail::GeoJsonSpec spec;
       spec.scale = g_.downsample * static_cast<double>(std::int64_t{1} << k);
       spec.bound_w = static_cast<double>(g_.width) * g_.downsample;
@@ -103,16 +125,13 @@ class Writer final : public MaskWriter {
       if (s || s.error().code != Errc::no_space) break;
       s = {};
     }
-    if (s && png_.active()) {
-      const int k = pyramid_->level_at_most(kPreviewMaxSide);
-      auto r = pyramid_->read_level(k);
-      if (!r) return fail(std::move(r).error());
-      s = detail::write_mask_preview(png_.temp_path(), *r, g_.downsample * static_cast<double>(std::int64_t{1} << k),
-                                     slide);
-    }
+    if (geojson_.active()) times_.geojson_s = Seconds(std::chrono::steady_clock::now() - t).count();
+    if (preview.joinable()) preview.join();  // png and times_.png_s are visible after the join
+    if (s && !png) s = png;
     pyramid_.reset();
     if (!s) return s;
     if (tiff_scratch_) tiff_.discard();
+    t = std::chrono::steady_clock::now();
     // Every output is complete: rename them into place. Should a rename fail, the
     // ones already renamed are removed again, so a run leaves all outputs or none.
     std::vector<std::string> placed;
@@ -126,8 +145,11 @@ class Writer final : public MaskWriter {
       }
       placed.push_back(final_path);
     }
+    times_.commit_s = Seconds(std::chrono::steady_clock::now() - t).count();
     return {};
   }
+
+  WriteTimes times() const override { return times_; }
 
  private:
   MaskGeometry g_;
@@ -135,6 +157,7 @@ class Writer final : public MaskWriter {
   bool tiff_scratch_ = false;
   std::unique_ptr<detail::PyramidTiff> pyramid_;
   std::vector<detail::FailedTile> failed_;
+  WriteTimes times_;
 };
 
 }  // namespace

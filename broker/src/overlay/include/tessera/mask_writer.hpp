@@ -17,6 +17,13 @@ struct MaskGeometry {
   double mpp_x = 0, mpp_y = 0;         // microns per pixel at level 0 (0 = unknown)
   std::string class_name = "Tissue";   // GeoJSON classification name
 };
+// Where finish() spent its time (seconds; zero for outputs not written).
+struct WriteTimes {
+  double pyramid_s = 0;  // level 0 in grid order and the lower levels
+  double geojson_s = 0;  // tracing and writing the GeoJSON
+  double png_s = 0;      // the preview (runs beside the GeoJSON)
+  double commit_s = 0;   // fsync and rename of every output
+};
 // Streams per-tile masks (uint8, 0 = background, >0 = class/probability) into the outputs
 // with memory bounded independently of the slide size. Tiles may arrive in any order; a tile
 // never put is background. Nothing appears under the final names before finish() succeeds.
@@ -34,5 +41,7 @@ class MaskWriter {
   // lowest level that is large enough; `slide` may be null: mask only), then renames every
   // output into place atomically.
   virtual Result<void> finish(const Slide* slide) = 0;
+  // After finish(): where its time went.
+  virtual WriteTimes times() const { return {}; }
 };
 }  // namespace tessera::overlay
