@@ -12,6 +12,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
 #include <boost/json.hpp>
@@ -48,9 +49,12 @@ class Tracer {
   void label() {
     lab_.assign(static_cast<std::size_t>(w_ * h_), 0);
     parent_.assign(1, 0);
-    for (std::int64_t y = 0; y < h_; ++y)
+    static constexpr std::uint8_t kZeros[8] = {};
+    for (std::int64_t y = 0; y < h_; ++y) {
+      const std::uint8_t* row = &r_.px[idx(0, y)];
       for (std::int64_t x = 0; x < w_; ++x) {
-        if (!fg(x, y)) continue;
+        while (x + 8 <= w_ && std::memcmp(row + x, kZeros, 8) == 0) x += 8;  // background: label 0 stays
+        if (x >= w_ || row[x] == 0) continue;
         const std::uint32_t up = y > 0 ? lab_[idx(x, y - 1)] : 0, left = x > 0 ? lab_[idx(x - 1, y)] : 0;
         std::uint32_t l;
         if (up == 0 && left == 0) {
@@ -65,6 +69,7 @@ class Tracer {
         }
         lab_[idx(x, y)] = l;
       }
+    }
   }
 
   std::uint32_t find(std::uint32_t l) {
@@ -79,8 +84,15 @@ class Tracer {
   // Every ring, in the raster order of its first horizontal edge; false when the
   // corners exceed `max_corners` (the caller then traces a smaller level).
   bool trace(std::vector<Ring>& rings, std::vector<Corner>& pool, std::size_t max_corners) {
-    for (std::int64_t y = 0; y <= h_; ++y)
+    for (std::int64_t y = 0; y <= h_; ++y) {
+      // Stretches where the rows above and below hold the same bytes have no horizontal
+      // boundary edge: skip them 8 pixels at a time (most of a mask is such stretches).
+      const std::uint8_t* above_row = y > 0 ? &r_.px[idx(0, y - 1)] : nullptr;
+      const std::uint8_t* below_row = y < h_ ? &r_.px[idx(0, y)] : nullptr;
       for (std::int64_t x = 0; x < w_; ++x) {
+        if (above_row != nullptr && below_row != nullptr)
+          while (x + 8 <= w_ && std::memcmp(above_row + x, below_row + x, 8) == 0) x += 8;
+        if (x >= w_) break;
         const bool above = fg(x, y - 1), below = fg(x, y);
         if (above == below || hvis_[static_cast<std::size_t>(y * w_ + x)]) continue;
         Ring ring;
@@ -99,6 +111,7 @@ class Tracer {
         rings.push_back(ring);
         if (pool.size() > max_corners) return false;
       }
+    }
     return true;
   }
 
@@ -159,8 +172,9 @@ class Tracer {
 
   const Raster& r_;
   std::int64_t w_, h_;
-  std::vector<bool> hvis_, vvis_;  // visited horizontal / vertical boundary edges
-  std::vector<std::uint32_t> lab_, parent_;
+  LargeVector<bool> hvis_, vvis_;  // visited horizontal / vertical boundary edges
+  LargeVector<std::uint32_t> lab_;
+  std::vector<std::uint32_t> parent_;
 };
 
 // Coordinates are written straight to the file, so a feature of millions of corners

@@ -33,14 +33,19 @@ int pick_level(const Slide& s, double scale) {
 
 Result<void> write_mask_preview(const std::string& path, const Raster& m, double scale, const Slide* slide) {
   const auto pw = static_cast<int>(m.width), ph = static_cast<int>(m.height);
-  std::vector<std::uint8_t> out(static_cast<std::size_t>(pw) * static_cast<std::size_t>(ph) * 3, 255);
+  LargeVector<std::uint8_t> out(static_cast<std::size_t>(pw) * static_cast<std::size_t>(ph) * 3, 255);
   const int level = slide && slide->level_count() > 0 ? pick_level(*slide, scale) : -1;
   const double r =
       level >= 0 ? scale / std::max(slide->level_size(level).downsample, 1e-9) : 0;  // slide px per preview px
   if (level >= 0 && r <= kMaxLevelRatio) {
     const auto sw = static_cast<int>(std::ceil(pw * r));
     const int band = std::max(1, static_cast<int>(kBandBytes / (static_cast<double>(sw) * 3 * std::max(1.0, r))));
-    std::vector<std::uint8_t> rgb;
+    // Each preview column's span of slide columns [xs[px], xs[px + 1]), computed once
+    // (not per pixel: the floor() calls cost more than the averaging itself).
+    std::vector<std::int64_t> xs(static_cast<std::size_t>(pw) + 1);
+    for (int px = 0; px <= pw; ++px)
+      xs[static_cast<std::size_t>(px)] = std::min<std::int64_t>(sw, static_cast<std::int64_t>(std::floor(px * r)));
+    LargeVector<std::uint8_t> rgb;
     for (int py0 = 0; py0 < ph; py0 += band) {
       const int py1 = std::min(ph, py0 + band);
       const auto sy0 = static_cast<std::int64_t>(std::floor(py0 * r));
@@ -53,21 +58,20 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
         const auto ya = static_cast<std::int64_t>(std::floor(py * r)) - sy0;
         const auto yb =
             std::min<std::int64_t>(sh, std::max(ya + 1, static_cast<std::int64_t>(std::floor((py + 1) * r)) - sy0));
-        for (int px = 0; px < pw; ++px) {
-          const auto xa = static_cast<std::int64_t>(std::floor(px * r));
-          const auto xb =
-              std::min<std::int64_t>(sw, std::max(xa + 1, static_cast<std::int64_t>(std::floor((px + 1) * r))));
+        std::uint8_t* o = &out[static_cast<std::size_t>(py) * static_cast<std::size_t>(pw) * 3];
+        for (int px = 0; px < pw; ++px, o += 3) {
+          const std::int64_t xa = xs[static_cast<std::size_t>(px)];
+          const std::int64_t xb = std::min<std::int64_t>(sw, std::max(xa + 1, xs[static_cast<std::size_t>(px) + 1]));
           std::uint32_t acc[3] = {0, 0, 0}, n = 0;
-          for (std::int64_t y = ya; y < yb; ++y)
-            for (std::int64_t x = xa; x < xb; ++x) {
-              const std::uint8_t* p = &rgb[static_cast<std::size_t>((y * sw + x) * 3)];
+          for (std::int64_t y = ya; y < yb; ++y) {
+            const std::uint8_t* p = &rgb[static_cast<std::size_t>((y * sw + xa) * 3)];
+            for (std::int64_t x = xa; x < xb; ++x, p += 3) {
               acc[0] += p[0];
               acc[1] += p[1];
               acc[2] += p[2];
-              ++n;
             }
-          std::uint8_t* o =
-              &out[(static_cast<std::size_t>(py) * static_cast<std::size_t>(pw) + static_cast<std::size_t>(px)) * 3];
+            n += static_cast<std::uint32_t>(xb - xa);
+          }
           for (int c = 0; c < 3; ++c) o[c] = static_cast<std::uint8_t>(n ? acc[c] / n : 255);
         }
       }

@@ -15,12 +15,14 @@
 
 #include <tessera/mask_writer.hpp>
 
+#include "large_buffer.hpp"
+
 namespace tessera::overlay::detail {
 
 // A whole (small) pyramid level in memory, row-major, width*height bytes.
 struct Raster {
   std::int64_t width = 0, height = 0;
-  std::vector<std::uint8_t> px;
+  LargeVector<std::uint8_t> px;
 };
 
 class PyramidTiff {
