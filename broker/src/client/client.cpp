@@ -316,6 +316,7 @@ void Client::Impl::finish(StreamState& s, Record& r, Outcome outcome, TileStatus
     // cancel_grace, escalate: check_timers).
     r.state = Record::State::abandoned;
     r.abandoned_at = Clock::now();
+    timers_armed = true;
   } else {
     release_input(r);
     r.state = Record::State::finished;
@@ -548,6 +549,7 @@ std::size_t Client::Impl::drain_all() {
 
 // Deadlines and cancel escalation: at most every 10 ms.
 void Client::Impl::check_timers() {
+  if (!timers_armed) return;
   const auto now = Clock::now();
   if (now < next_timer_check) return;
   next_timer_check = now + std::chrono::milliseconds(10);
@@ -825,7 +827,10 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
   r.meta = meta;
   r.submitted = Clock::now();
   const auto dl = meta.deadline.count() != 0 ? meta.deadline : s.opts.deadline;
-  if (dl.count() > 0) r.deadline = detail::deadline_after(r.submitted, dl);
+  if (dl.count() > 0) {
+    r.deadline = detail::deadline_after(r.submitted, dl);
+    I.timers_armed = true;
+  }
   block.slab_ = nullptr;  // the record owns the block now
   ++s.live;
   ++s.stats.submitted;
@@ -836,7 +841,9 @@ Result<std::uint64_t> Client::submit_one(std::uint32_t stream, InputBlock& block
 
 std::size_t Client::poll(std::vector<TileResult>& out, std::size_t max, std::chrono::nanoseconds timeout) {
   auto& I = *impl_;
-  const auto deadline = detail::deadline_after(Clock::now(), timeout);
+  // A zero timeout (the busy caller's poll) reads no clock.
+  const bool once = timeout <= std::chrono::nanoseconds::zero();
+  const auto deadline = once ? Clock::time_point{} : detail::deadline_after(Clock::now(), timeout);
   std::size_t n = 0;
   I.last_poll_woken = false;
   for (;;) {
@@ -850,7 +857,7 @@ std::size_t Client::poll(std::vector<TileResult>& out, std::size_t max, std::chr
       I.ready.clear();
       I.ready_head = 0;
     }
-    if (n > 0 || Clock::now() >= deadline) return n;
+    if (n > 0 || once || Clock::now() >= deadline) return n;
     if (in_flight_ == 0 && !I.events_pending.load(std::memory_order_acquire)) {  // acquire: SYNC[client.events]
       // Nothing can arrive: do not sleep out the whole timeout.
       return 0;

@@ -268,6 +268,7 @@ Result<PipelineReport> run_pipeline(Client& client, const Slide& slide, const Pi
   std::vector<TileResult> results;
   results.reserve(256);
   double stitch_s = 0;
+  std::int64_t reported = -1;  // `done` as last passed to opts.progress
   while (done < total) {
     bool progressed = false;
     // Hand new read jobs to the readers, each with its arena block.
@@ -316,7 +317,8 @@ Result<PipelineReport> run_pipeline(Client& client, const Slide& slide, const Pi
       progressed = true;
     }
     client.poll(results, 256, progressed ? std::chrono::microseconds(0) : std::chrono::microseconds(200));
-    const auto ts = Clock::now();
+    // The stitch is timed only when there is one (no clock read on an empty round).
+    const auto ts = results.empty() ? Clock::time_point{} : Clock::now();
     for (auto& r : results) {
       ++done;
       const auto tile = static_cast<std::int64_t>(r.meta.tag);
@@ -343,7 +345,10 @@ Result<PipelineReport> run_pipeline(Client& client, const Slide& slide, const Pi
     }
     if (!results.empty()) stitch_s += std::chrono::duration<double>(Clock::now() - ts).count();
     results.clear();
-    if (opts.progress) opts.progress(done, total);
+    if (opts.progress && done != reported) {
+      reported = done;
+      opts.progress(done, total);
+    }
   }
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   rep.tiles_per_s = rep.seconds > 0 ? static_cast<double>(total) / rep.seconds : 0;
