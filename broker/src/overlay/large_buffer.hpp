@@ -2,8 +2,9 @@
 // slide bands, the tracer's label image): an allocator that asks for transparent huge
 // pages on allocations of 2 MiB and more. The kernel's default THP mode is often
 // `madvise`, where only regions that ask get them; first-touch page faults of 4-KiB
-// pages were then a third of the output step's CPU on a 16k slide (docs/overlay.md,
-// "Output step"). Smaller allocations, and kernels without THP, get ordinary memory.
+// pages were then a third of the output step's CPU on a 16k slide
+// (docs/design/overlay-outputs.md, "Throughput"). Smaller allocations, and kernels
+// without THP, get ordinary memory.
 #pragma once
 
 #include <sys/mman.h>

@@ -246,7 +246,7 @@ Result<void> PyramidTiff::build_level(int k) {
   struct Lane {
     TiffPtr rd;
     std::string last_error;
-    std::vector<std::uint8_t> child, px;
+    std::vector<std::uint8_t> child, px, packed;  // packed: compressBound(T²), reused
     std::string error;  // empty: the lane's rows of this band are done
   };
   std::vector<Lane> lanes(static_cast<std::size_t>(threads));
@@ -258,6 +258,7 @@ Result<void> PyramidTiff::build_level(int k) {
                              (ln.last_error.empty() ? "" : ": " + ln.last_error)));
     ln.child.resize(t * t);
     ln.px.resize(t * t);
+    ln.packed.resize(compressBound(static_cast<uLong>(t * t)));
   }
   // Compressed tile per column of each row of the band (empty: background).
   std::vector<std::vector<std::vector<std::uint8_t>>> band(static_cast<std::size_t>(threads));
@@ -296,12 +297,12 @@ Result<void> PyramidTiff::build_level(int k) {
         for (std::uint8_t v : ln.px) any |= v;
       if (any == 0) continue;
       uLongf zlen = compressBound(static_cast<uLong>(ln.px.size()));
-      z.resize(zlen);
-      if (compress2(z.data(), &zlen, ln.px.data(), static_cast<uLong>(ln.px.size()), kDeflateLevel) != Z_OK) {
+      if (compress2(ln.packed.data(), &zlen, ln.px.data(), static_cast<uLong>(ln.px.size()), kDeflateLevel) != Z_OK) {
         ln.error = "cannot compress tile " + std::to_string(r * l.cols + c) + " of level " + std::to_string(k);
         return;
       }
-      z.resize(zlen);
+      // An exact-size copy: a band holds what the tiles compress to, not the bound per tile.
+      z.assign(ln.packed.begin(), ln.packed.begin() + static_cast<std::ptrdiff_t>(zlen));
     }
   };
 
