@@ -113,6 +113,11 @@ class InProcessConfig:
 def main():
     a = parse()
     import torch  # noqa: F401 - fail early (the caller reports a skip)
+    from tessera.allocator import keep_freed_memory
+
+    # The same allocator settings as the Tessera workers get from `python3 -m tessera.worker`,
+    # so the in-process baseline is not measuring page faults the workers no longer take.
+    keep_freed_memory()
     from tessera_examples import torch_worker
 
     batches = [int(b) for b in a.batches.split(",") if b]

@@ -1,5 +1,6 @@
 """Handlers used by the worker-process tests (imported by `python3 -m tessera.worker`)."""
 
+import ctypes
 import os
 import sys
 import time
@@ -42,3 +43,20 @@ def sleepy(tile_input, tile):
 def forgets(tile_input, tile):
     """Returns None without answering."""
     return None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_probe(tile_input, tile):
+    """[bytes glibc holds in mmap'ed chunks while a 4 MiB array is alive, its size]: with
+    tessera.allocator's settings the array comes from the heap, by default from mmap."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    size = 4 << 20
+    block = np.ones(size, dtype=np.uint8)
+    held = mallinfo2().hblkhd
+    del block
+    return np.array([held, size], dtype=np.int64)

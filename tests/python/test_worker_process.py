@@ -62,6 +62,24 @@ class WorkerProcessTest(unittest.TestCase):
             self.assertIn(f"RuntimeError: op 3 always fails (tile {r.seq})", r.error)
             self.assertIn("numpy_worker.py", r.error)
 
+    def test_worker_keeps_freed_memory_unless_told_otherwise(self):
+        # --malloc keep (the default): a 4 MiB array comes from the heap, not from its own mmap.
+        for extra, from_mmap in (([], False), (["--malloc", "default"], True)):
+            with self.subTest(malloc=extra or "keep"):
+                client = small_client()
+                self.addCleanup(client.close)
+                client.start_unsupervised_pool(python_worker("probe_handlers:malloc_probe", *extra), env=worker_env(),
+                                               stderr=stderr_file(self))
+                s = client.open_stream()
+                submit_rgb(client, s, random_rgb(self.rng, 4, 4))
+                r = collect(client, 1)[0]
+                self.assertEqual(r.outcome, "completed", r.error)
+                held, size = int(r.output[0]), int(r.output[1])
+                if from_mmap:
+                    self.assertGreaterEqual(held, size)
+                else:
+                    self.assertLess(held, size)
+
     def test_handler_returning_none_without_answering_fails_the_tile(self):
         self.client.start_unsupervised_pool(python_worker("probe_handlers:forgets"), env=worker_env(), stderr=stderr_file(self))
         s = self.client.open_stream()

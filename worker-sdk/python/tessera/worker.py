@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="HANDLER is a batch handler(batch, tiles) fed up to N tiles at once (see tessera.batch)")
     p.add_argument("--max-wait", type=float, default=0.002, metavar="S",
                    help="with --batch: a partial batch runs once its oldest tile waited S seconds (default 0.002)")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="keep: freed memory stays in the process for reuse, so a model's per-batch "
+                        "buffers are not faulted in again on every call (tessera.allocator); "
+                        "default: glibc's own settings (default: keep)")
     return p.parse_args(argv)
 
 
@@ -87,6 +91,10 @@ def main(argv=None) -> int:
     global _server
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(raw_argv)
+    if args.malloc == "keep":
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()  # before the handler module and its model allocate anything
     # The protocol belongs to this module: a private close-on-exec copy of fd 1, and fd 1
     # (hence print(), sys.stdout, C printf, child processes) pointed at stderr from now on.
     sys.stdout.flush()
