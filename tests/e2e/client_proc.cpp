@@ -139,10 +139,15 @@ int main(int argc, char** argv) {
   std::string first_error;
   for (int i = 0; i < tiles; ++i) {
     tessera::InputBlock in;
-    if (!(*c)->alloc(16 * 16 * 3, in, 10s)) return 4;
+    // 25 s, inside the callers' 30-s waits: under a sanitizer on a loaded machine the
+    // blocks a killed client held can take more than 10 s to come back.
+    if (auto a = (*c)->alloc(16 * 16 * 3, in, 25s); !a) {
+      std::fprintf(stderr, "alloc: %s\n", a.error().message.c_str());
+      return 4;
+    }
     std::memset(in.bytes().data(), i % 2 ? 10 : 250, 16 * 16 * 3);
     auto q = (*c)->submit(s, in, {.dtype = tessera::DType::UInt8, .shape = {16, 16, 3}, .x = i, .op = op},
-                          tessera::SubmitMode::block, 10s);
+                          tessera::SubmitMode::block, 25s);
     if (!q) {
       std::fprintf(stderr, "submit: %s\n", q.error().message.c_str());
       return 5;
