@@ -191,8 +191,7 @@ struct Client::Impl {
   std::chrono::milliseconds cancel_grace{2000};
   Clock::time_point next_timer_check{};
   // Set by the first tile given a deadline or abandoned to its worker; until then
-  // check_timers() has nothing to look at and reads no clock (a clock read costs
-  // ~100 ns on some VMs, on every round of the loop).
+  // check_timers() has nothing to look at and reads no clock on the loop's rounds.
   bool timers_armed = false;
   std::uint64_t stray_answers = 0;
   std::uint64_t reclaimed_blocks = 0;
