@@ -171,6 +171,13 @@ TEST_F(MultiProcess, ProducerKilledMidStreamLeavesAnOrderedRingAndReclaimableBlo
       }
       ASSERT_NE(st, RingStatus::corrupt);
     };
+    // The kill window starts once the producer has published (under a sanitizer on a
+    // loaded machine its start-up alone can outlast the window).
+    const test::Deadline started(std::chrono::seconds(10));
+    while (expect == 0 && !started.expired()) {
+      drain();
+      if (HasFatalFailure()) return;
+    }
     const test::Deadline run(std::chrono::milliseconds(5 + rng() % 40));
     while (!run.expired()) {
       drain();
