@@ -29,6 +29,9 @@ def parse():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--max-wait", type=float, default=0.002)
+    p.add_argument("--host-submit", choices=("array", "per-tile"), default="array",
+                   help="array: Client.submit_array per chunk of tiles (native loop); per-tile: alloc, fill and "
+                        "submit each tile from Python")
     return p.parse_args()
 
 
@@ -50,10 +53,11 @@ def check_mask(config, index, mask, ref):
 
 
 class TesseraConfig:
-    def __init__(self, name, argv, tile_bytes, mask_bytes, window):
+    def __init__(self, name, argv, tile_bytes, mask_bytes, window, host_submit):
         import tessera
 
         self.name = name
+        self.host_submit = host_submit
         self.client = tessera.Client.embedded(
             classes=[(4096, 256), (max(65536, mask_bytes), 512), (max(262144, tile_bytes), 512)],
             n_rings=8, ring_capacity=512, worker_window=window, max_in_flight=1024, spin_us=50)
@@ -68,7 +72,11 @@ class TesseraConfig:
         t0 = time.perf_counter()
         sent = done = 0
         while done < n:
-            while sent < n and sent - done < self.window:
+            if self.host_submit == "array":
+                k = min(n - sent, self.window - (sent - done))
+                if k > 0:
+                    sent += len(client.submit_array(s, tiles[sent:sent + k], x=range(sent, sent + k)))
+            while self.host_submit == "per-tile" and sent < n and sent - done < self.window:
                 block = client.alloc(tiles[sent].nbytes)
                 block.array(np.uint8, tiles[sent].shape)[...] = tiles[sent]
                 client.submit(s, block, x=sent)
@@ -121,18 +129,18 @@ def main():
     from tessera_examples import torch_worker
 
     batches = [int(b) for b in a.batches.split(",") if b]
-    tiles = [t for t in make_tiles(a.tiles, a.tile)]
+    tiles = make_tiles(a.tiles, a.tile)  # (n, edge, edge, 3); the in-process loop stacks slices of it
     net = torch_worker.build_net()
     check = [(torch_worker.infer(net, t).numpy(), torch_worker.logits(net, t)) for t in tiles[:16]]
     base = [sys.executable, "-m", "tessera.worker"]
     init = ["--init", "tessera_examples.torch_worker:init"]
     edge = a.tile
     configs = [TesseraConfig("tessera/per-tile", base + ["tessera_examples.torch_worker:handler"] + init,
-                             edge * edge * 3, edge * edge, 64)]
+                             edge * edge * 3, edge * edge, 64, a.host_submit)]
     for b in batches:
         configs.append(TesseraConfig(f"tessera/batch-{b}", base + ["tessera_examples.torch_worker:handle_batch", "--batch", str(b),
                                                                    "--max-wait", str(a.max_wait)] + init,
-                                     edge * edge * 3, edge * edge, max(64, 2 * b)))
+                                     edge * edge * 3, edge * edge, max(64, 2 * b), a.host_submit))
         configs.append(InProcessConfig(f"in-process/batch-{b}", b))
     rates = {c.name: [] for c in configs}
     expected = {i: check[i] for i in range(len(check))}  # masks of the first tiles: every config must agree
@@ -147,7 +155,8 @@ def main():
             c.close()
     for name, r in rates.items():
         print(json.dumps({"config": name, "tiles_per_s": statistics.median(r), "min": min(r), "max": max(r),
-                          "reps": len(r), "tiles": a.tiles, "tile": edge}), flush=True)
+                          "reps": len(r), "tiles": a.tiles, "tile": edge,
+                          "host_submit": a.host_submit}), flush=True)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,45 @@ class InProcessBatcherTest(unittest.TestCase):
         for i, r in enumerate(got):
             np.testing.assert_array_equal(r.output, rgb(i, 8, 8).reshape(-1)[:4])
 
+    def take(self, n):
+        tiles, end = [], time.monotonic() + 10
+        while len(tiles) < n and time.monotonic() < end:
+            tiles += self.worker._w.take(n - len(tiles), 0.05) or []
+        self.assertEqual(len(tiles), n, "tiles not delivered")
+        return tiles
+
+    def test_gather_and_publish_batch_copy_each_tile_and_refuse_bad_arguments(self):
+        s = self.client.open_stream(ordered=True)
+        imgs = [rgb(i, 8, 8) for i in range(4)]
+        for i, a in enumerate(imgs):
+            submit_rgb(self.client, s, a, x=i)
+        tiles = self.take(4)
+        nw = self.worker._w
+        dest = np.full((5, 8, 8, 3), 7, np.uint8)
+        self.assertEqual(nw.gather(tiles, dest), 4)
+        np.testing.assert_array_equal(dest[:4], np.stack(imgs))
+        self.assertTrue((dest[4] == 7).all(), "gather wrote past the tiles")
+        with self.assertRaisesRegex(ValueError, "dest has shape"):
+            nw.gather(tiles, np.zeros((3, 8, 8, 3), np.uint8))
+        with self.assertRaisesRegex(TypeError, "uint8"):
+            nw.gather(tiles, np.zeros((4, 8, 8, 3), np.float32))
+        with self.assertRaisesRegex(ValueError, "C-contiguous"):
+            nw.gather(tiles, np.zeros((4, 8, 8, 3), np.uint8, order="F"))
+        with self.assertRaisesRegex(ValueError, "for 4 tiles"):
+            nw.publish_batch(tiles, np.zeros((3, 2), np.int16))
+        tiles[1].fail("answered by the handler")
+        # A slice no arena block can hold fails its tile only.
+        self.assertEqual(nw.publish_batch(tiles[2:3], np.zeros((1, 1024, 1024), np.uint8)), 0)
+        out = np.stack(imgs)[:, :, :, 0].astype(np.int16) * 3  # (4, 8, 8)
+        self.assertEqual(nw.publish_batch(tiles, out), 2, "only the two still-pending tiles are published")
+        with self.assertRaisesRegex(ValueError, "already answered"):
+            nw.gather(tiles, dest)
+        got = collect(self.client, 4)
+        self.assertEqual([r.outcome for r in got], ["completed", "failed", "failed", "completed"])
+        self.assertIn("does not fit", got[2].error)
+        for i in (0, 3):
+            np.testing.assert_array_equal(got[i].output, out[i])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -109,6 +109,44 @@ class ClientPipelineTest(unittest.TestCase):
             block.array(np.uint8, (4,))  # submitted blocks are gone
         self.assertEqual([r.outcome for r in collect(self.client, 1)], ["completed"])
 
+    def test_submit_array_sends_each_slice_as_one_tile(self):
+        s = self.client.open_stream(ordered=True, max_in_flight=64)
+        tiles = np.stack([random_rgb(self.rng, 16, 16) for _ in range(40)])
+        seqs = self.client.submit_array(s, tiles[:30], x=range(30), y=-5, level=1, tag=[7 * i for i in range(30)])
+        self.assertEqual(seqs, list(range(30)))
+        self.assertEqual(self.client.submit_array(s, tiles[30:, :, ::-1]), list(range(30, 40)),
+                         "a non-contiguous view is copied as its values")
+        got = collect(self.client, 40)
+        for i, r in enumerate(got):
+            self.assertEqual(r.outcome, "completed", r.error)
+            self.assertEqual(r.seq, i)
+            if i < 30:
+                self.assertEqual((r.x, r.y, r.level, r.tag), (i, -5, 1, 7 * i))
+                np.testing.assert_array_equal(r.output, reference_mask(tiles[i]))
+            else:
+                self.assertEqual((r.x, r.y, r.tag), (0, 0, 0))
+                np.testing.assert_array_equal(r.output, reference_mask(tiles[i, :, ::-1]))
+
+    def test_submit_array_refuses_bad_arguments_before_sending_anything(self):
+        s = self.client.open_stream()
+        tiles = np.zeros((3, 8, 8, 3), np.uint8)
+        with self.assertRaisesRegex(ValueError, "x has 2 values for 3 tiles"):
+            self.client.submit_array(s, tiles, x=[1, 2])
+        with self.assertRaisesRegex(TypeError, "tag must be"):
+            self.client.submit_array(s, tiles, tag="abc")
+        with self.assertRaisesRegex(ValueError, r"\(n, \*tile_shape\)"):
+            self.client.submit_array(s, np.zeros(5, np.uint8))
+        with self.assertRaises(TypeError):
+            self.client.submit_array(s, np.zeros((2, 4), np.complex64))
+        with self.assertRaises(tessera.TesseraError) as ctx:
+            self.client.submit_array(9, tiles)
+        self.assertEqual(ctx.exception.code, "closed")
+        with self.assertRaises(tessera.TesseraError):
+            self.client.submit_array(s, np.zeros((2, 1 << 15, 1 << 15), np.uint8), timeout=0.01)
+        self.assertEqual(self.client.submit_array(s, tiles[:0]), [])
+        self.assertEqual(self.client.in_flight, 0, "a refused call sent a tile")
+        self.assertEqual(self.client.held_blocks(), 0, "a refused call kept a block")
+
 
 class SupervisedPoolTest(unittest.TestCase):
     """The broker's own supervisor runs Python workers: readiness, kill -9, restart."""

@@ -2,6 +2,7 @@
 // blocks and result arrays. A Client is used from one thread (like the C++ one).
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -56,6 +57,23 @@ py::dict stats_dict(const StreamStats& s) {
   d["p50_us"] = s.p50_us;
   d["p99_us"] = s.p99_us;
   return d;
+}
+
+// One per-tile argument of submit_array: None (0 for every tile), one int for every
+// tile, or a sequence of n ints.
+template <class T>
+std::vector<T> per_tile(const py::object& v, std::size_t n, const char* name) {
+  if (v.is_none()) return std::vector<T>(n, T{});
+  if (PyIndex_Check(v.ptr()) != 0 && !PyBool_Check(v.ptr())) return std::vector<T>(n, v.cast<T>());
+  if (!PySequence_Check(v.ptr()) || PyUnicode_Check(v.ptr()))
+    throw py::type_error(std::string("tessera: submit_array: ") + name + " must be None, an int or a sequence of ints");
+  py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
+  if (seq.size() != n)
+    throw py::value_error(std::string("tessera: submit_array: ") + name + " has " + std::to_string(seq.size()) +
+                          " values for " + std::to_string(n) + " tiles");
+  std::vector<T> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = seq[i].cast<T>();
+  return out;
 }
 
 }  // namespace
@@ -274,6 +292,66 @@ void bind_client(py::module_& m) {
           py::arg("y") = 0, py::arg("level") = 0, py::arg("op") = 0, py::arg("tag") = 0, py::arg("deadline") = 0.0,
           py::arg("mode") = "block", py::arg("timeout") = 30.0,
           "Submits a filled block; returns the tile's sequence number in the stream. The block is consumed.")
+      .def(
+          "submit_array",
+          [](PyClient& pc, std::uint32_t stream, py::handle tiles, py::object x, py::object y, std::uint8_t level,
+             std::uint32_t op, py::object tag, double deadline, const std::string& mode, double timeout) {
+            py::array a = py::array::ensure(tiles, py::array::c_style);
+            if (!a) throw py::type_error("tessera: submit_array: tiles must be array-like");
+            if (a.ndim() < 2 || a.ndim() > 5)
+              throw py::value_error("tessera: submit_array: tiles must be (n, *tile_shape) with 1 to 4 tile dimensions, got shape " +
+                                    std::string(py::str(a.attr("shape"))));
+            Client& c = pc.get();
+            const std::size_t n = static_cast<std::size_t>(a.shape(0));
+            TileMeta meta;
+            meta.dtype = to_dtype(a.dtype());
+            meta.shape.ndim = static_cast<std::uint8_t>(a.ndim() - 1);
+            for (std::uint8_t d = 0; d < meta.shape.ndim; ++d) {
+              if (a.shape(d + 1) > 0xffffffffLL) throw py::value_error("tessera: submit_array: a tile dimension exceeds 2^32-1");
+              meta.shape.dims[d] = static_cast<std::uint32_t>(a.shape(d + 1));
+            }
+            meta.level = level;
+            meta.op = op;
+            meta.deadline = seconds(deadline);
+            const std::vector<std::int32_t> xs = per_tile<std::int32_t>(x, n, "x");
+            const std::vector<std::int32_t> ys = per_tile<std::int32_t>(y, n, "y");
+            const std::vector<std::uint64_t> tags = per_tile<std::uint64_t>(tag, n, "tag");
+            const SubmitMode md = to_mode(mode);
+            const std::uint64_t row = n == 0 ? 0 : static_cast<std::uint64_t>(a.nbytes()) / n;
+            const auto* src = static_cast<const std::byte*>(a.data());
+            std::vector<std::uint64_t> seqs;
+            seqs.reserve(n);
+            Error err{};
+            {
+              py::gil_scoped_release nogil;
+              for (std::size_t i = 0; i < n; ++i) {
+                InputBlock b;
+                if (Result<void> r = c.alloc(row, b, seconds(timeout)); !r) {
+                  err = r.error();
+                  break;
+                }
+                std::memcpy(b.bytes().data(), src + i * row, row);
+                meta.x = xs[i];
+                meta.y = ys[i];
+                meta.tag = tags[i];
+                Result<std::uint64_t> r = c.submit(stream, b, meta, md, seconds(timeout));
+                if (!r) {
+                  err = r.error();
+                  break;
+                }
+                seqs.push_back(*r);
+              }
+            }
+            if (seqs.empty() && n > 0) raise(Error{err.code, "submit_array: tile 0 of " + std::to_string(n) + ": " + err.message});
+            return seqs;
+          },
+          py::arg("stream"), py::arg("tiles"), py::arg("x") = py::none(), py::arg("y") = py::none(), py::arg("level") = 0,
+          py::arg("op") = 0, py::arg("tag") = py::none(), py::arg("deadline") = 0.0, py::arg("mode") = "block",
+          py::arg("timeout") = 30.0,
+          "Submits tiles[i] for each i of an array (n, *tile_shape): one block, one copy and one submit per tile, "
+          "natively with the GIL released. x, y, tag: None, one int, or n ints. Returns the tiles' sequence "
+          "numbers, in order. Fewer than n: tile len(result) could not be allocated or submitted within `timeout` "
+          "(submit the rest again); the error is raised only when not even the first tile could be.")
       .def(
           "poll",
           [](const std::shared_ptr<PyClient>& pc, std::size_t max, double timeout) {

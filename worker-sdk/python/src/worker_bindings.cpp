@@ -176,6 +176,100 @@ py::object take(const std::shared_ptr<PyWorker>& pw, std::size_t max_batch, doub
   return out;
 }
 
+// The tiles of a batch as PyTile pointers; every one pending, of one dtype and shape,
+// from this worker. `what` names the calling function in errors.
+std::vector<PyTile*> batch_tiles(const std::shared_ptr<PyWorker>& pw, const py::sequence& tiles, const char* what,
+                                 bool need_pending) {
+  if (pw->w == nullptr) throw py::value_error("tessera: the worker is closed");
+  std::vector<PyTile*> out;
+  out.reserve(tiles.size());
+  for (std::size_t i = 0; i < tiles.size(); ++i) {
+    PyTile& t = tiles[i].cast<PyTile&>();
+    if (t.owner.get() != pw.get())
+      throw py::value_error(std::string("tessera: ") + what + ": tile " + std::to_string(i) + " was taken by another worker");
+    if (need_pending) t.need_pending();
+    out.push_back(&t);
+  }
+  return out;
+}
+
+// Copies each tile's input into dest[i]: one memcpy per tile, GIL released.
+std::size_t gather(const std::shared_ptr<PyWorker>& pw, const py::sequence& tiles, py::array dest) {
+  const std::vector<PyTile*> ts = batch_tiles(pw, tiles, "gather", true);
+  if (ts.empty()) return 0;
+  const TensorView& first = ts[0]->tile.input();
+  if ((dest.flags() & py::array::c_style) == 0 || !dest.writeable())
+    throw py::value_error("tessera: gather: dest must be a writable C-contiguous array");
+  if (to_dtype(dest.dtype()) != first.dtype())
+    throw py::type_error("tessera: gather: dest is " + std::string(py::str(dest.dtype())) + ", the tiles are " +
+                         std::string(dtype_name(first.dtype())));
+  const Shape& sh = first.shape();
+  bool shape_ok = dest.ndim() == sh.ndim + 1 && static_cast<std::size_t>(dest.shape(0)) >= ts.size();
+  for (std::uint8_t d = 0; shape_ok && d < sh.ndim; ++d) shape_ok = static_cast<std::uint64_t>(dest.shape(d + 1)) == sh.dims[d];
+  if (!shape_ok)
+    throw py::value_error("tessera: gather: dest has shape " + std::string(py::str(dest.attr("shape"))) + ", " +
+                          std::to_string(ts.size()) + " tiles of " + sh.str() + " need (>= " + std::to_string(ts.size()) +
+                          ", " + sh.str() + ")");
+  const std::size_t row = static_cast<std::size_t>(first.nbytes());
+  std::vector<const std::byte*> src(ts.size());
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    const TensorView& v = ts[i]->tile.input();
+    if (v.dtype() != first.dtype() || !(v.shape() == sh))
+      throw py::value_error("tessera: gather: tile " + std::to_string(i) + " is " + std::string(dtype_name(v.dtype())) +
+                            v.shape().str() + ", the batch is " + std::string(dtype_name(first.dtype())) + sh.str());
+    src[i] = v.data();
+  }
+  auto* dst = static_cast<std::byte*>(dest.mutable_data());
+  py::gil_scoped_release nogil;
+  for (std::size_t i = 0; i < src.size(); ++i) std::memcpy(dst + i * row, src[i], row);
+  return ts.size();
+}
+
+// Answers every pending tile i with out[i]: an output block each, one memcpy, publish.
+// A tile that cannot get a block is failed; the rest are published. Returns how many
+// were published.
+std::size_t publish_batch(const std::shared_ptr<PyWorker>& pw, const py::sequence& tiles, const py::handle& result) {
+  const std::vector<PyTile*> ts = batch_tiles(pw, tiles, "publish_batch", false);
+  py::array a = py::array::ensure(result, py::array::c_style);
+  if (!a) throw py::type_error("tessera: publish_batch: the result is not array-like");
+  if (a.ndim() == 0 || static_cast<std::size_t>(a.shape(0)) != ts.size())
+    throw py::value_error("tessera: publish_batch: result of shape " + std::string(py::str(a.attr("shape"))) + " for " +
+                          std::to_string(ts.size()) + " tiles");
+  const DType dt = to_dtype(a.dtype());
+  Shape sh;
+  if (a.ndim() == 1) {
+    sh.ndim = 1;
+    sh.dims[0] = 1;
+  } else {
+    if (a.ndim() > 5) throw py::value_error("tessera: publish_batch: each slice has at most 4 dimensions");
+    sh.ndim = static_cast<std::uint8_t>(a.ndim() - 1);
+    for (std::uint8_t d = 0; d < sh.ndim; ++d) sh.dims[d] = static_cast<std::uint32_t>(a.shape(d + 1));
+  }
+  const std::size_t row = ts.empty() ? 0 : static_cast<std::size_t>(a.nbytes()) / ts.size();
+  const auto* src = static_cast<const std::byte*>(a.data());
+  Worker& w = *pw->w;
+  std::size_t published = 0;
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    PyTile& t = *ts[i];
+    if (!t.tile.pending()) continue;
+    OutputBlock out;
+    const AllocStatus st = w.alloc_output(dt, sh, out);
+    if (st != AllocStatus::ok) {
+      (void)w.fail(t.tile, TileStatus::HandlerError,
+                   st == AllocStatus::too_large ? "no output block for this tile: " + sh.str() + " does not fit any arena block"
+                                                : std::string("no output block for this tile: no arena block free"));
+      t.outs.clear();
+      continue;
+    }
+    std::memcpy(out.view().data(), src + i * row, row);
+    const Errc rc = w.publish(t.tile, out);
+    t.outs.clear();
+    if (rc == Errc::ok) ++published;
+    else if (rc != Errc::closed) throw TesseraError(rc, std::string("tile.publish: ") + errc_name(rc));
+  }
+  return published;
+}
+
 }  // namespace
 
 void bind_worker(py::module_& m) {
@@ -314,6 +408,13 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
       .def("take", &take, py::arg("max_batch") = 16, py::arg("timeout") = 0.1,
            "Waits up to `timeout` seconds (GIL released) for tiles; returns up to `max_batch` tiles, [] on timeout, "
            "or None once the worker was asked to stop.")
+      .def("gather", &gather, py::arg("tiles"), py::arg("dest"),
+           "Copies the inputs of `tiles` (pending, one dtype and shape) into dest[0..n): one memcpy per tile, GIL "
+           "released. dest: a writable C-contiguous array (>= n, *shape) of the tiles' dtype. Returns n.")
+      .def("publish_batch", &publish_batch, py::arg("tiles"), py::arg("result"),
+           "Answers every still-pending tiles[i] with result[i] (array-like, length n): one output block and one "
+           "copy per tile. A tile that gets no output block is failed, the rest are published. Returns the number "
+           "published.")
       .def(
           "request_stop", [](PyWorker& pw) {
             if (pw.rt) pw.rt->request_stop();

@@ -5,7 +5,7 @@ shape ``(B, *tile.shape)`` (the tiles' inputs, copied once into a buffer this mo
 reuses; valid during the call only) and ``tiles`` the list of B :class:`tessera.Tile`
 (per-tile metadata: ``x``, ``y``, ``level``, ``op`` ...). It returns one array-like of
 length B (slice ``i`` is published as tile ``i``'s result, one copy per tile into its
-output block) or None after answering the tiles itself. It may also answer single
+output block; the copies and the publication run natively, ``Worker.publish_batch``) or None after answering the tiles itself. It may also answer single
 tiles (``tiles[i].fail(...)``) and return the array: only tiles still pending are
 published. An exception fails every tile of the batch still pending, with the
 traceback.
@@ -94,8 +94,7 @@ class Batcher:
             if self.assemble:
                 first = tiles[0]
                 batch = self._buffer(_key(first), first.shape, first.dtype)[:n]
-                for i, t in enumerate(tiles):
-                    batch[i] = t.input  # the one copy: arena blocks are not contiguous
+                self._w.gather(tiles, batch)  # the one copy (native, per tile): arena blocks are not contiguous
             out = handler(batch, tiles)
             if out is None:
                 for t in tiles:
@@ -106,9 +105,7 @@ class Batcher:
                 out = np.asarray(out)
             if out.ndim == 0 or out.shape[0] != n:
                 raise ValueError(f"batch handler returned shape {out.shape} for a batch of {n} tiles")
-            for i, t in enumerate(tiles):
-                if t.pending:
-                    t.publish(out[i])
+            self._w.publish_batch(tiles, out)  # native: one output block and one copy per pending tile
         except Exception:  # noqa: BLE001 - a handler error fails the tiles of this batch only
             text = traceback.format_exc()
             for t in tiles:

@@ -167,7 +167,11 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
     for i, t in enumerate(tiles):
         if tuple(t.shape) != shape or t.dtype != first.dtype:
             raise ValueError(f"to_device: tile {i} is {t.dtype} {tuple(t.shape)}, the batch is {first.dtype} {shape}")
-        raw[i].copy_(torch.from_numpy(t.input), non_blocking=cuda)
+    if cuda:
+        for i, t in enumerate(tiles):  # one DMA per tile from its pinned arena block
+            raw[i].copy_(torch.from_numpy(t.input), non_blocking=True)
+    else:
+        _native(first).gather(tiles, raw.numpy())  # one memcpy per tile, natively
     x = raw if len(shape) == 3 else raw.unsqueeze(-1)
     if layout == "NCHW":
         x = x.permute(0, 3, 1, 2)
@@ -187,6 +191,9 @@ def publish(tiles: List[Any], tensor: torch.Tensor) -> int:
     if tensor.shape[0] != len(tiles):
         raise ValueError(f"publish: tensor has {tensor.shape[0]} slices for {len(tiles)} tiles")
     cuda = _is_cuda(tensor.device)
+    if not cuda and tiles and tensor.dtype != torch.bfloat16:
+        # On the CPU the slices are already in host memory: block, copy and publish natively.
+        return int(_native(tiles[0]).publish_batch(tiles, tensor.detach().contiguous().numpy()))
     if cuda and tiles:
         pin_arena(tiles[0])
     np_dtype = torch.empty(0, dtype=tensor.dtype).numpy().dtype
