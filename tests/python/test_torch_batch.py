@@ -160,6 +160,20 @@ class InProcessTorchTest(unittest.TestCase):
             if i != 1:
                 np.testing.assert_array_equal(r.output, imgs[i][:, :, 0].astype(np.int16))
 
+    def test_to_device_refuses_a_batch_of_mixed_shapes_and_answers_nothing(self):
+        w = self.attach()
+        self.addCleanup(w.close)
+        rng = np.random.default_rng(4)
+        submit_rgb(self.client, self.stream, random_rgb(rng, 16, 24), x=0)
+        submit_rgb(self.client, self.stream, random_rgb(rng, 24, 16), x=1)
+        tiles = self.take(w, 2)
+        with self.assertRaisesRegex(ValueError, r"to_device: .*tile 1 is uint8\(24, 16, 3\)"):
+            tt.to_device(tiles, "cpu", dtype=torch.float32)
+        self.assertTrue(all(t.pending for t in tiles), "a refused batch answered a tile")
+        for t in tiles:
+            t.fail("done")
+        self.assertEqual([r.outcome for r in collect(self.client, 2)], ["failed", "failed"])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -164,14 +164,17 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
             _staging[key] = raw
             while len(_staging) > _MAX_STAGING:
                 _staging.pop(next(iter(_staging)))
-    for i, t in enumerate(tiles):
-        if tuple(t.shape) != shape or t.dtype != first.dtype:
-            raise ValueError(f"to_device: tile {i} is {t.dtype} {tuple(t.shape)}, the batch is {first.dtype} {shape}")
     if cuda:
+        for i, t in enumerate(tiles):
+            if tuple(t.shape) != shape or t.dtype != first.dtype:
+                raise ValueError(f"to_device: tile {i} is {t.dtype} {tuple(t.shape)}, the batch is {first.dtype} {shape}")
         for i, t in enumerate(tiles):  # one DMA per tile from its pinned arena block
             raw[i].copy_(torch.from_numpy(t.input), non_blocking=True)
     else:
-        _native(first).gather(tiles, raw.numpy())  # one memcpy per tile, natively
+        try:  # one memcpy per tile, natively (it checks every tile's dtype and shape first)
+            _native(first).gather(tiles, raw.numpy())
+        except ValueError as e:
+            raise ValueError(f"to_device: {e}") from None
     x = raw if len(shape) == 3 else raw.unsqueeze(-1)
     if layout == "NCHW":
         x = x.permute(0, 3, 1, 2)
