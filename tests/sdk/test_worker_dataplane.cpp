@@ -57,7 +57,9 @@ TEST(WorkerDataPath, WorkerReadsTheClientsBlockInPlaceAndTheClientReadsTheWorker
 }
 
 // The example worker's op 1 (mean of every byte) against a plain loop: a constant tile of
-// every byte value 0..255, and random tiles long enough for several SWAR flushes plus a tail.
+// every byte value 0..255, and random tiles whose lengths leave every kind of rest after
+// the 64-byte PSADBW blocks (none, whole 8-byte SWAR words, single bytes), and a tile
+// shorter than one block (without SSE2: several SWAR flushes plus a tail).
 TEST(ExampleWorker, MeanOfEveryByteIsExactForEveryByteValue) {
   Rig rig;
   rig.add({kTissue});

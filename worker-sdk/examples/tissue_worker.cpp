@@ -15,10 +15,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <span>
 #include <string>
 #include <thread>
 
 #include <unistd.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <tessera/runtime.hpp>
 
@@ -44,23 +49,45 @@ void mask(tessera::Worker& w, tessera::Tile& t) {
   (void)w.publish(t, out);
 }
 
-// Sum of all bytes, 8 at a time (SWAR: two bytes per 16-bit lane, flushed before a lane can
-// overflow: 128 words x 2 bytes x 255 = 65,280 per lane). The flush adds the four lanes one by
-// one: a single multiply-and-shift horizontal sum would itself wrap at 2^16 (4 x 65,280).
+// Sum of all bytes. On x86-64 with PSADBW (SSE2, always present there): one instruction
+// sums 16 bytes into two 64-bit lanes, four independent accumulators keep the loads in
+// flight, so reading a 192-KiB tile costs what a plain 64-bit read loop does (~5 us here,
+// against ~9-16 us for the SWAR loop below): the benchmarks compare this worker's
+// "read every byte" with the bare ring's, so it must not do more work per byte.
 std::uint64_t byte_sum(std::span<const std::byte> bytes) noexcept {
-  constexpr std::uint64_t kLo = 0x00FF00FF00FF00FFULL;
-  const std::size_t words = bytes.size() / 8;
+  std::size_t done = 0;
   std::uint64_t total = 0;
+#if defined(__SSE2__)
+  const std::size_t blocks = bytes.size() / 64;
+  const __m128i zero = _mm_setzero_si128();
+  __m128i a = zero, b = zero, c = zero, d = zero;
+  const std::byte* p = bytes.data();
+  for (std::size_t i = 0; i < blocks; ++i, p += 64) {
+    a = _mm_add_epi64(a, _mm_sad_epu8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), zero));
+    b = _mm_add_epi64(b, _mm_sad_epu8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)), zero));
+    c = _mm_add_epi64(c, _mm_sad_epu8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32)), zero));
+    d = _mm_add_epi64(d, _mm_sad_epu8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 48)), zero));
+  }
+  std::uint64_t lanes[2];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lanes), _mm_add_epi64(_mm_add_epi64(a, b), _mm_add_epi64(c, d)));
+  total = lanes[0] + lanes[1];
+  done = blocks * 64;
+#endif
+  // SWAR for the rest (or everything without SSE2): 8 bytes at a time, two bytes per
+  // 16-bit lane, flushed before a lane can overflow (128 words x 2 bytes x 255 = 65,280
+  // per lane); the flush adds the four lanes one by one.
+  constexpr std::uint64_t kLo = 0x00FF00FF00FF00FFULL;
+  const std::size_t words = (bytes.size() - done) / 8;
   for (std::size_t i = 0; i < words;) {
-    std::uint64_t lanes = 0;
+    std::uint64_t lanes16 = 0;
     for (const std::size_t end = std::min(words, i + 128); i < end; ++i) {
       std::uint64_t x;
-      std::memcpy(&x, bytes.data() + i * 8, 8);
-      lanes += (x & kLo) + ((x >> 8) & kLo);
+      std::memcpy(&x, bytes.data() + done + i * 8, 8);
+      lanes16 += (x & kLo) + ((x >> 8) & kLo);
     }
-    total += (lanes & 0xFFFF) + ((lanes >> 16) & 0xFFFF) + ((lanes >> 32) & 0xFFFF) + (lanes >> 48);
+    total += (lanes16 & 0xFFFF) + ((lanes16 >> 16) & 0xFFFF) + ((lanes16 >> 32) & 0xFFFF) + (lanes16 >> 48);
   }
-  for (std::size_t i = words * 8; i < bytes.size(); ++i) total += static_cast<std::uint8_t>(bytes[i]);
+  for (std::size_t i = done + words * 8; i < bytes.size(); ++i) total += static_cast<std::uint8_t>(bytes[i]);
   return total;
 }
 
