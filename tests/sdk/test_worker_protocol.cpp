@@ -140,7 +140,9 @@ TEST(WorkerProtocol, HandlerPrintsNeverCorruptAProtocolLine) {
   int asked = 0;
   for (int i = 0; i < kTiles; ++i) {
     submit(rig, s, 1, i);
-    if (i % 4 == 0) ASSERT_TRUE(w.execute("stats-" + std::to_string(asked++), "tessera.stats"));
+    if (i % 4 == 0) {
+      ASSERT_TRUE(w.execute("stats-" + std::to_string(asked++), "tessera.stats"));
+    }
   }
   auto got = rig.collect(kTiles);
   ASSERT_EQ(got.size(), static_cast<std::size_t>(kTiles));

@@ -255,6 +255,44 @@ TEST_F(SlabTest, AfterReclaimEveryBlockCanBeAllocatedExactlyOnce) {
   EXPECT_EQ(seen.size(), test::total_blocks(arena_));
 }
 
+// A freed block is not handed out again at once: the cursor cycles through the class's
+// first kSlabRotationBytes of blocks, then starts again at block 0 (docs/design/slab.md,
+// "Which block comes next"); a small class is cycled through whole.
+TEST(SlabRotation, AllocAndFreeCycleThroughTheFirstSixteenMiBOfAClass) {
+  ArenaConfig cfg = test::small_config();
+  const std::uint64_t big = kSlabRotationBytes / 4;  // a window of 4 blocks out of 8
+  cfg.classes = {{4096, 4}, {big, 8}};
+  auto a = Arena::create(cfg);
+  ASSERT_TRUE(a) << a.error().message;
+  Slab s(*a, 3);
+  for (const std::uint64_t bytes : {std::uint64_t{4096}, big}) {
+    std::vector<std::uint32_t> seen;
+    for (int k = 0; k < 12; ++k) {
+      BlockView v;
+      ASSERT_EQ(s.try_alloc(bytes, v), AllocStatus::ok);
+      seen.push_back(v.handle.index());
+      ASSERT_EQ(s.free(v.handle), Errc::ok);
+    }
+    for (std::size_t k = 0; k < seen.size(); ++k) {
+      EXPECT_LT(seen[k], 4u) << "block " << bytes << ": allocation " << k << " left the window";
+      if (k > 0) EXPECT_EQ(seen[k], (seen[k - 1] + 1) % 4) << "block " << bytes << ": allocation " << k << " did not move on";
+    }
+  }
+  // With the whole window held, the scan goes on past it; freed, the window comes first again.
+  std::vector<BlockView> held(5);
+  std::set<std::uint32_t> idx;
+  for (auto& v : held) {
+    ASSERT_EQ(s.try_alloc(big, v), AllocStatus::ok);
+    idx.insert(v.handle.index());
+  }
+  EXPECT_EQ(idx, (std::set<std::uint32_t>{0, 1, 2, 3, 4}));
+  for (auto& v : held) ASSERT_EQ(s.free(v.handle), Errc::ok);
+  BlockView v;
+  ASSERT_EQ(s.try_alloc(big, v), AllocStatus::ok);
+  EXPECT_LT(v.handle.index(), 4u);
+  EXPECT_EQ(s.free(v.handle), Errc::ok);
+}
+
 TEST(BlockHandle, PacksGenerationClassAndIndex) {
   const BlockHandle h = BlockHandle::make(0xdeadbeef, 0x12, 0xabcdef);
   EXPECT_EQ(h.generation(), 0xdeadbeefu);

@@ -68,6 +68,11 @@ class Slab {
   const Arena* arena_;
   std::uint32_t owner_;
   std::array<std::uint32_t, kMaxClasses> cursor_{};   // process-local scan start per class
+  std::array<std::uint32_t, kMaxClasses> window_{};   // the cursor cycles through blocks [0, window)
 };
+
+// Bytes of a class the allocation cursor cycles through before it starts again at the
+// class's first block (docs/design/slab.md, "Which block comes next").
+inline constexpr std::uint64_t kSlabRotationBytes = 16ull << 20;
 
 }  // namespace tessera

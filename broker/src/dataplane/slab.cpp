@@ -4,10 +4,12 @@
 // then record the owner), and a process killed between them loses the block
 // for good. Here the metadata word is the only state: alloc is CAS free->held(owner),
 // free is CAS held(owner)->free(gen+1). A process-local cursor makes the scan O(1):
-// it points past the last allocation, or at the block this process freed last, so a
-// steady tile stream reuses a few cache-warm blocks instead of cycling through the
-// whole class. See docs/design/slab.md for the measurement.
+// it points past the last allocation and cycles through the class's first 16 MiB of
+// blocks, so a block is written again only after the peer that read it has long since
+// dropped its lines from its own cache. See docs/design/slab.md for the measurement.
 #include <tessera/slab.hpp>
+
+#include <algorithm>
 
 namespace tessera {
 namespace {
@@ -18,8 +20,11 @@ constexpr auto kHeld = static_cast<std::uint16_t>(BlockState::held);
 Slab::Slab(const Arena& arena, std::uint32_t owner) noexcept : arena_(&arena), owner_(owner) {
   // Spread the processes' starting points so they do not all CAS the same words.
   for (std::uint32_t c = 0; c < arena.n_classes(); ++c) {
-    const std::uint32_t n = arena.size_class(c).block_count;
-    cursor_[c] = n == 0 ? 0 : static_cast<std::uint32_t>((std::uint64_t{owner} * 2654435761u) % n);
+    const SizeClass& sc = arena.size_class(c);
+    const std::uint32_t n = sc.block_count;
+    const std::uint64_t fit = sc.block_size == 0 ? n : kSlabRotationBytes / sc.block_size;
+    window_[c] = static_cast<std::uint32_t>(std::clamp<std::uint64_t>(fit, 1, std::max<std::uint32_t>(n, 1)));
+    cursor_[c] = n == 0 ? 0 : static_cast<std::uint32_t>((std::uint64_t{owner} * 2654435761u) % window_[c]);
   }
 }
 
@@ -36,7 +41,7 @@ bool Slab::try_alloc_in(std::uint32_t cls, BlockView& out) noexcept {
     // SYNC[block.meta] acquire: the previous holder's release in free() happens-before our writes
     // to the payload, so its last reads/writes of the bytes cannot overlap ours.
     if (metas[i].compare_exchange_strong(w, held, std::memory_order_acquire, std::memory_order_relaxed)) {
-      cursor_[cls] = i + 1 == n ? 0 : i + 1;
+      cursor_[cls] = i + 1 >= window_[cls] ? 0 : i + 1;  // past the window: start again at block 0
       sc.held_approx.fetch_add(1, std::memory_order_relaxed);  // relaxed: inspection counter
       out.handle = BlockHandle::make(meta::gen(w), cls, i);
       out.data = arena_->block_data(cls, i);
@@ -93,7 +98,6 @@ Errc Slab::free(BlockHandle h) noexcept {
                                                                        std::memory_order_relaxed))
     return Errc::stale_handle;  // reclaimed or adopted under us
   arena_->size_class(h.cls()).held_approx.fetch_sub(1, std::memory_order_relaxed);  // relaxed: inspection counter
-  cursor_[h.cls()] = h.index();  // our next alloc reuses this block while its bytes are still in cache
   return Errc::ok;
 }
 
