@@ -3,6 +3,7 @@ correct masks in submission order, zero-copy input blocks, failures, epochs,
 cancellation, statistics and clear errors at the call."""
 
 import os
+import time
 import unittest
 
 import numpy as np
@@ -146,6 +147,54 @@ class ClientPipelineTest(unittest.TestCase):
         self.assertEqual(self.client.submit_array(s, tiles[:0]), [])
         self.assertEqual(self.client.in_flight, 0, "a refused call sent a tile")
         self.assertEqual(self.client.held_blocks(), 0, "a refused call kept a block")
+
+
+class SubmitArrayShortCountTest(unittest.TestCase):
+    """submit_array against a worker in this process that answers only when told: when
+    the arena runs out of blocks the call returns the tiles it sent, and the rest go
+    once blocks are back."""
+
+    def take(self, worker, n):
+        tiles, end = [], time.monotonic() + 10
+        while len(tiles) < n and time.monotonic() < end:
+            tiles += worker._w.take(n - len(tiles), 0.05) or []
+        self.assertEqual(len(tiles), n, "tiles not delivered")
+        return tiles
+
+    def test_a_full_class_gives_a_short_count_and_the_rest_goes_later(self):
+        client = small_client(classes=[(4096, 4)], ring_capacity=64, worker_window=16)
+        self.addCleanup(client.close)
+        index, slot, fd = client.add_external_worker("thread")
+        os.environ["TESSERA_ARENA_FD"] = str(fd)
+        os.environ["TESSERA_SLOT"] = str(slot)
+        worker = tessera.Worker.from_env()
+        client.set_worker_pid(index, os.getpid())
+        self.addCleanup(worker.close)
+        s = client.open_stream(ordered=True)
+        tiles = np.stack([random_rgb(np.random.default_rng(i), 8, 8) for i in range(6)])
+        # Four blocks, part of them kept back for the worker's outputs: the call sends
+        # what it can and returns, instead of failing or dropping the rest.
+        sent = client.submit_array(s, tiles, x=range(6), timeout=0.05)
+        k = len(sent)
+        self.assertTrue(0 < k < 6, f"sent {k} of 6 with 4 blocks")
+        self.assertEqual(sent, list(range(k)))
+        with self.assertRaises(tessera.TesseraError) as ctx:
+            client.submit_array(s, tiles[k:], x=range(k, 6), timeout=0.05)
+        self.assertIn(f"tile 0 of {6 - k}", str(ctx.exception))
+        self.assertEqual(client.in_flight, k, "a refused call sent a tile")
+        for t in self.take(worker, k):
+            t.cancel()
+        self.assertEqual([r.outcome for r in collect(client, k)], ["canceled"] * k)
+        rest, got = [], []
+        while k + len(rest) < 6:  # the blocks came back: the rest goes, in as many calls as blocks allow
+            more = client.submit_array(s, tiles[k + len(rest):], x=range(k + len(rest), 6), timeout=5)
+            rest += more
+            for t in self.take(worker, len(more)):
+                t.publish(np.full(3, t.x, np.int16))
+                # Consume each result at once, so its input and output blocks are free again.
+                got += [(r.outcome, r.x, r.output.tolist()) for r in collect(client, 1)]
+        self.assertEqual(rest, list(range(k, 6)))
+        self.assertEqual(got, [("completed", x, [x] * 3) for x in range(k, 6)])
 
 
 class SupervisedPoolTest(unittest.TestCase):
