@@ -116,21 +116,35 @@ OutputBlock* find_own_output(PyTile& t, const py::array& a) {
   return nullptr;
 }
 
+// Why Worker::alloc_output gave no block.
+std::string no_block_reason(AllocStatus st, DType dt, const Shape& sh) {
+  if (st == AllocStatus::too_large) return sh.str() + " of " + std::string(dtype_name(dt)) + " does not fit any arena block";
+  return "no arena block free";
+}
+
+// Answers `t` with its output block `out`; the tile's other outputs are freed. Returns
+// false if the client's channel closed meanwhile (nobody to answer).
+bool hand_over(PyTile& t, OutputBlock& out) {
+  const Errc rc = t.worker().publish(t.tile, out);
+  t.outs.clear();  // other outputs of this tile are not needed any more
+  if (rc != Errc::ok && rc != Errc::closed) throw TesseraError(rc, std::string("tile.publish: ") + errc_name(rc));
+  return rc == Errc::ok;
+}
+
 py::array alloc_output(PyTile& t, py::handle self, const py::handle& dtype, const py::handle& shape) {
   const DType dt = to_dtype(dtype);
   const Shape sh = to_shape(shape);
   OutputBlock out;
   const AllocStatus st = t.worker().alloc_output(dt, sh, out);
-  if (st == AllocStatus::too_large)
-    throw TesseraError(Errc::invalid_argument, "tile.output: " + sh.str() + " of " + std::string(dtype_name(dt)) + " does not fit any arena block");
-  if (st != AllocStatus::ok) throw TesseraError(Errc::no_space, "tile.output: no arena block free");
+  if (st != AllocStatus::ok)
+    throw TesseraError(st == AllocStatus::too_large ? Errc::invalid_argument : Errc::no_space,
+                       "tile.output: " + no_block_reason(st, dt, sh));
   t.outs.push_back(std::move(out));
   return view_array(t.outs.back().view(), self, true);
 }
 
 void publish(PyTile& t, py::handle self, py::handle result) {
   t.need_pending();
-  Worker& w = t.worker();
   py::array a = py::array::ensure(result);
   if (!a) a = py::array(py::module_::import("numpy").attr("asarray")(result));
   OutputBlock* own = find_own_output(t, a);
@@ -142,10 +156,7 @@ void publish(PyTile& t, py::handle self, py::handle result) {
     py::module_::import("numpy").attr("copyto")(dst, a.attr("reshape")(shape), "unsafe");
     own = &t.outs.back();
   }
-  const Errc rc = w.publish(t.tile, *own);
-  t.outs.erase(std::remove_if(t.outs.begin(), t.outs.end(), [](const OutputBlock& o) { return !o.valid(); }), t.outs.end());
-  t.outs.clear();  // other outputs of this tile are not needed any more
-  if (rc != Errc::ok && rc != Errc::closed) throw TesseraError(rc, std::string("tile.publish: ") + errc_name(rc));
+  (void)hand_over(t, *own);
 }
 
 py::bytes descriptor_bytes(const TileDesc& d) {
@@ -255,17 +266,12 @@ std::size_t publish_batch(const std::shared_ptr<PyWorker>& pw, const py::sequenc
     OutputBlock out;
     const AllocStatus st = w.alloc_output(dt, sh, out);
     if (st != AllocStatus::ok) {
-      (void)w.fail(t.tile, TileStatus::HandlerError,
-                   st == AllocStatus::too_large ? "no output block for this tile: " + sh.str() + " does not fit any arena block"
-                                                : std::string("no output block for this tile: no arena block free"));
+      (void)w.fail(t.tile, TileStatus::HandlerError, "no output block for this tile: " + no_block_reason(st, dt, sh));
       t.outs.clear();
       continue;
     }
     std::memcpy(out.view().data(), src + i * row, row);
-    const Errc rc = w.publish(t.tile, out);
-    t.outs.clear();
-    if (rc == Errc::ok) ++published;
-    else if (rc != Errc::closed) throw TesseraError(rc, std::string("tile.publish: ") + errc_name(rc));
+    if (hand_over(t, out)) ++published;
   }
   return published;
 }

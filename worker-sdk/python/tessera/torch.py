@@ -165,10 +165,9 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
             while len(_staging) > _MAX_STAGING:
                 _staging.pop(next(iter(_staging)))
     if cuda:
-        for i, t in enumerate(tiles):
+        for i, t in enumerate(tiles):  # one DMA per tile from its pinned arena block
             if tuple(t.shape) != shape or t.dtype != first.dtype:
                 raise ValueError(f"to_device: tile {i} is {t.dtype} {tuple(t.shape)}, the batch is {first.dtype} {shape}")
-        for i, t in enumerate(tiles):  # one DMA per tile from its pinned arena block
             raw[i].copy_(torch.from_numpy(t.input), non_blocking=True)
     else:
         try:  # one memcpy per tile, natively (it checks every tile's dtype and shape first)
