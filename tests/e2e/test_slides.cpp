@@ -241,6 +241,59 @@ TEST(Slides, TissueDetectionSkipsExactlyTheBackgroundTiles) {
   EXPECT_EQ(expected, 6 * 5);  // the 4 x 3 box tiles and a ring of one tile
 }
 
+// A slide whose every read takes `delay` (a slow disk or codec): the readers are then the
+// bottleneck and the client thread has nothing to do but wait.
+class SlowSlide final : public ov::Slide {
+ public:
+  SlowSlide(std::unique_ptr<ov::Slide> inner, std::chrono::microseconds delay) : inner_(std::move(inner)), delay_(delay) {}
+  std::string description() const override { return "slow " + inner_->description(); }
+  int level_count() const override { return inner_->level_count(); }
+  ov::LevelSize level_size(int level) const override { return inner_->level_size(level); }
+  tessera::Result<void> read_region(int level, std::int64_t x, std::int64_t y, int w, int h, std::uint8_t* rgb) const override {
+    std::this_thread::sleep_for(delay_);
+    return inner_->read_region(level, x, y, w, h, rgb);
+  }
+  int native_tile(int level) const override { return inner_->native_tile(level); }
+  std::string reader() const override { return inner_->reader(); }
+
+ private:
+  std::unique_ptr<ov::Slide> inner_;
+  std::chrono::microseconds delay_;
+};
+
+double thread_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// While every tile in flight is answered and the readers are still decoding, the client
+// thread sleeps until a reader finishes (it used to loop on poll(), which returns at once
+// when nothing is in flight, and took a whole core from the decoders).
+TEST(Slides, TheClientThreadSleepsWhileTheReadersDecode) {
+  SlowSlide slide(ov::synthetic_slide(2048, 2048, 5), 3ms);
+  tessera::test::CollectingWriter out;
+  auto c = make_client(2);
+  ASSERT_NE(c, nullptr);
+  ov::PipelineOptions po;
+  po.grid.tile = 256;
+  po.readers = 2;
+  po.max_in_flight = 64;
+  po.all_tiles = true;
+  const double cpu0 = thread_cpu_s();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = ov::run_pipeline(*c, slide, po, out);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double cpu = thread_cpu_s() - cpu0;
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_EQ(r->completed, 64);
+  EXPECT_EQ(out.tiles.size(), 64u);
+  // 64 reads of 3 ms on 2 readers: at least ~96 ms of waiting. A spinning client thread
+  // spends all of it on the CPU; a sleeping one a few percent (submits, stitch, wake-ups).
+  EXPECT_GE(wall, 0.09);
+  EXPECT_LT(cpu, 0.3 * wall) << "client thread CPU " << cpu << " s over " << wall << " s of wall time";
+}
+
 TEST(Slides, ACorruptTileFailsOnlyItself) {
   TempDir dir;
   const std::string path = dir / "corrupt.tif";

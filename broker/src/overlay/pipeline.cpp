@@ -69,6 +69,7 @@ void reader_loop(ReadQueue& q, const Slide& slide, const TileGrid& g) {
       // SYNC[read-done]: release pairs with the client's acquire load of `done`; the pixels,
       // ok and why written above are visible to it.
       s.done.store(1, std::memory_order_release);
+      s.done.notify_one();  // a syscall only when the client thread sleeps on it
       continue;
     }
     // SYNC[read-stop]: acquire pairs with the client's release store when it ends the run.
@@ -317,6 +318,13 @@ Result<PipelineReport> run_pipeline(Client& client, const Slide& slide, const Pi
       progressed = true;
     }
     client.poll(results, 256, progressed ? std::chrono::microseconds(0) : std::chrono::microseconds(200));
+    if (results.empty() && !progressed && client.in_flight() == 0 && tail < head) {
+      // Nothing in flight, so poll() returned at once: the next event is a reader finishing
+      // job `tail`. Sleep on that (std::atomic::wait spins a few rounds, then futex); looping
+      // here would take a core from the decoders, the stage that bounds the run.
+      // SYNC[read-done]: acquire pairs with the reader's release store and notify.
+      q.slots[tail % q.size].done.wait(0, std::memory_order_acquire);
+    }
     // The stitch is timed only when there is one (no clock read on an empty round).
     const auto ts = results.empty() ? Clock::time_point{} : Clock::now();
     for (auto& r : results) {
