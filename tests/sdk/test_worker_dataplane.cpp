@@ -56,6 +56,63 @@ TEST(WorkerDataPath, WorkerReadsTheClientsBlockInPlaceAndTheClientReadsTheWorker
   }
 }
 
+// The example worker's op 0 (tissue mask) against the rule written out here: 255 where
+// R + G + B < 3 x 200, else 0. Pixels on both sides of the threshold and random ones, in
+// tiles whose pixel counts leave every rest after the vector loop (the worker runs the
+// AVX2 copy of the loop where the CPU has it, the SSE2 baseline elsewhere).
+TEST(ExampleWorker, TissueMaskIsTheRuleOnEveryPixel) {
+  Rig rig;
+  rig.add({kTissue});
+  auto s = rig.client->open_stream({.ordering = tessera::Ordering::submission}).value();
+  std::vector<std::vector<std::uint8_t>> expect;
+  std::uint64_t x = 0x2545F4914F6CDD1Dull;  // xorshift: a fixed, replayable stream
+  const auto next = [&x] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return static_cast<std::uint8_t>(x >> 56);
+  };
+  for (const auto& [h, w] : {std::pair{1, 1}, std::pair{7, 13}, std::pair{33, 31}, std::pair{240, 240}, std::pair{17, 257}}) {
+    const std::size_t n = static_cast<std::size_t>(h) * static_cast<std::size_t>(w);
+    std::vector<std::uint8_t> rgb(n * 3);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint8_t* p = &rgb[3 * i];
+      if (i % 3 == 0) {
+        // A sum of 599, 600 or 601, spread over the channels in a random way.
+        const int sum = 599 + static_cast<int>(i / 3 % 3);
+        const int r = std::min(255, sum - 2 * (next() % 90) - 90);
+        const int g = std::min(255, (sum - r) / 2);
+        p[0] = static_cast<std::uint8_t>(r);
+        p[1] = static_cast<std::uint8_t>(g);
+        p[2] = static_cast<std::uint8_t>(sum - r - g);
+        ASSERT_EQ(p[0] + p[1] + p[2], sum);
+      } else {
+        p[0] = next();
+        p[1] = next();
+        p[2] = next();
+      }
+    }
+    std::vector<std::uint8_t> m(n);
+    for (std::size_t i = 0; i < n; ++i) m[i] = rgb[3 * i] + rgb[3 * i + 1] + rgb[3 * i + 2] < 600 ? 255 : 0;
+    expect.push_back(std::move(m));
+    tessera::InputBlock in;
+    ASSERT_TRUE(rig.client->alloc(rgb.size(), in, 5s).has_value());
+    std::memcpy(in.bytes().data(), rgb.data(), rgb.size());
+    const tessera::TileMeta meta{.dtype = tessera::DType::UInt8,
+                                 .shape = {static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(w), 3},
+                                 .op = 0};
+    ASSERT_TRUE(rig.client->submit(s, in, meta).has_value());
+  }
+  auto got = rig.collect(expect.size());
+  ASSERT_EQ(got.size(), expect.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].outcome, Outcome::completed) << got[i].error;
+    const auto o = got[i].output.view().as<const std::uint8_t>();
+    ASSERT_EQ(o.size(), expect[i].size());
+    EXPECT_TRUE(std::equal(o.begin(), o.end(), expect[i].begin())) << "tile " << i;
+  }
+}
+
 // The example worker's op 1 (mean of every byte) against a plain loop: a constant tile of
 // every byte value 0..255, and random tiles whose lengths leave every kind of rest after
 // the 64-byte PSADBW blocks (none, whole 8-byte SWAR words, single bytes), and a tile
