@@ -7,7 +7,7 @@ pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 find_package(fmt CONFIG REQUIRED)
 find_package(spdlog CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
-find_package(PNG REQUIRED)
+find_package(PNG REQUIRED)   # tests read the PNG preview back with libpng
 if(TESSERA_BUILD_TESTS)
   find_package(GTest CONFIG REQUIRED)
   include(GoogleTest)
@@ -27,3 +27,4 @@ pkg_check_modules(OPENSLIDE IMPORTED_TARGET openslide)
 find_package(TIFF REQUIRED)                                            # libtiff-dev
 find_package(ZLIB REQUIRED)
 pkg_check_modules(TURBOJPEG REQUIRED IMPORTED_TARGET libturbojpeg)     # libturbojpeg0-dev
+pkg_check_modules(LIBDEFLATE REQUIRED IMPORTED_TARGET libdeflate)      # libdeflate-dev: the PNG preview

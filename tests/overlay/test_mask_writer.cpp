@@ -15,8 +15,10 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include <boost/json.hpp>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <tessera/overlay.hpp>
@@ -417,6 +419,47 @@ TEST(MaskWriter, PngPreviewIsTheSmallLevelBlendedOverTheSlide) {
   // Outside it, the preview is the slide itself (averaged to the preview's scale).
   const std::uint8_t* corner = &px[(10 * 1100 + 10) * 3];
   EXPECT_GT(corner[0] + corner[1] + corner[2], 3 * 150);  // glass, not tinted black or green
+}
+
+// write_png against libpng's reader: grey and RGB, sizes that are not multiples of anything.
+TEST(PngWriter, GreyAndRgbReadBackExactlyWithLibpng) {
+  TempDir d;
+  std::mt19937_64 rng(7);
+  for (const int channels : {1, 3})
+    for (const auto& [w, h] : {std::pair{1, 1}, std::pair{3, 5}, std::pair{257, 3}, std::pair{640, 480}}) {
+      std::vector<std::uint8_t> px(static_cast<std::size_t>(w) * static_cast<std::size_t>(h) * static_cast<std::size_t>(channels));
+      for (std::size_t i = 0; i < px.size(); ++i) px[i] = i % 7 == 0 ? static_cast<std::uint8_t>(rng()) : static_cast<std::uint8_t>(i / 97);
+      const std::string f = d.file(fmt::format("t{}-{}.png", channels, w));
+      ASSERT_TRUE(tessera::overlay::write_png(f, px.data(), w, h, channels).has_value());
+      png_image img{};
+      img.version = PNG_IMAGE_VERSION;
+      ASSERT_NE(png_image_begin_read_from_file(&img, f.c_str()), 0) << img.message;
+      EXPECT_EQ(img.width, static_cast<unsigned>(w));
+      EXPECT_EQ(img.height, static_cast<unsigned>(h));
+      img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
+      std::vector<std::uint8_t> back(PNG_IMAGE_SIZE(img));
+      ASSERT_NE(png_image_finish_read(&img, nullptr, back.data(), 0, nullptr), 0) << img.message;
+      EXPECT_EQ(back, px) << channels << " channels, " << w << "x" << h;
+    }
+}
+
+TEST(PngWriter, BadArgumentsAndAnUnwritablePathAreErrorsNamingTheFile) {
+  TempDir d;
+  const std::uint8_t px[12] = {};
+  const std::string f = d.file("bad.png");
+  for (const auto& [w, h, c] : {std::tuple{0, 1, 1}, std::tuple{1, -1, 3}, std::tuple{2, 2, 2}, std::tuple{2, 2, 4}}) {
+    auto r = tessera::overlay::write_png(f, px, w, h, c);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, tessera::Errc::invalid_argument);
+    EXPECT_NE(r.error().message.find(f), std::string::npos) << r.error().message;
+  }
+  EXPECT_FALSE(tessera::overlay::write_png(f, nullptr, 2, 2, 1).has_value());
+  EXPECT_FALSE(fs::exists(f));
+  const std::string nodir = d.file("missing/dir/x.png");
+  auto r = tessera::overlay::write_png(nodir, px, 2, 2, 3);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, tessera::Errc::system);
+  EXPECT_NE(r.error().message.find(nodir), std::string::npos) << r.error().message;
 }
 
 TEST(MaskWriter, DestroyedWithoutFinishLeavesNothing) {

@@ -4,7 +4,6 @@
 #include <tessera/overlay.hpp>
 
 #include <fcntl.h>
-#include <png.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -419,21 +418,6 @@ void reference_mask(const Slide& slide, const TileGrid& grid, std::vector<std::u
         std::memcpy(&mask[static_cast<std::size_t>((row * g.tile + r) * ls.width + col * g.tile)],
                     &t[static_cast<std::size_t>(r) * static_cast<std::size_t>(cols)], static_cast<std::size_t>(cols));
     }
-}
-
-Result<void> write_png(const std::string& path, const std::uint8_t* data, int width, int height, int channels) {
-  png_image img{};
-  img.version = PNG_IMAGE_VERSION;
-  img.width = static_cast<png_uint_32>(width);
-  img.height = static_cast<png_uint_32>(height);
-  img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
-  // Speed over size: no row filters and zlib level 3 write a 2048-px preview of textured
-  // tissue several times faster than libpng's defaults, ~6 % larger
-  // (docs/design/overlay-outputs.md, "Throughput", has the numbers).
-  img.flags = PNG_IMAGE_FLAG_FAST;
-  if (png_image_write_to_file(&img, path.c_str(), 0, data, 0, nullptr) == 0)
-    return fail(Errc::system, "png: cannot write '" + path + "': " + img.message);
-  return {};
 }
 
 }  // namespace tessera::overlay
