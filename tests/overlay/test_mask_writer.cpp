@@ -266,6 +266,33 @@ TEST(MaskWriter, TiffPyramidReadsBackExactlyWithLibtiff) {
   EXPECT_EQ(h2, eh2);
 }
 
+// A slide without any tissue: no tile is ever put (every mask is background), and the
+// outputs are still complete: an all-zero pyramid, an empty FeatureCollection, a preview.
+TEST(MaskWriter, AMaskWithNoTissueAtAllGivesCompleteOutputs) {
+  TempDir d;
+  const auto g = geometry(1500, 1100, 256, 1.0, 0.5);
+  MaskOutputs out{d.file("e.tif"), d.file("e.geojson"), d.file("e.png")};
+  auto w = MaskWriter::create(out, g);
+  ASSERT_TRUE(w.has_value()) << w.error().message;
+  // A background tile put (and skipped by the writer) changes nothing.
+  const std::vector<std::uint8_t> zero(256 * 256, 0);
+  ASSERT_TRUE((*w)->put_tile(1, 1, zero.data(), 256, 256, 256).has_value());
+  auto s = (*w)->finish(nullptr);
+  ASSERT_TRUE(s.has_value()) << s.error().message;
+  EXPECT_EQ(d.entries(), (std::vector<std::string>{"e.geojson", "e.png", "e.tif"}));
+  std::int64_t w0 = 0, h0 = 0, w1 = 0, h1 = 0;
+  EXPECT_EQ(read_tiff_level(out.tiff, 0, w0, h0), std::vector<std::uint8_t>(1500 * 1100, 0));
+  EXPECT_EQ(w0, 1500);
+  EXPECT_EQ(h0, 1100);
+  EXPECT_EQ(read_tiff_level(out.tiff, 1, w1, h1), std::vector<std::uint8_t>(750 * 550, 0));
+  std::ifstream f(out.geojson);
+  std::stringstream text;
+  text << f.rdbuf();
+  const auto j = json::parse(text.str()).as_object();
+  EXPECT_EQ(j.at("type").as_string(), "FeatureCollection");
+  EXPECT_TRUE(j.at("features").as_array().empty());
+}
+
 #ifdef TESSERA_HAVE_OPENSLIDE
 TEST(MaskWriter, TiffPyramidOpensInOpenSlideAsPyramidWithTheSamePixels) {
   TempDir d;

@@ -208,9 +208,12 @@ Result<void> PyramidTiff::copy_level0_in_grid_order() {
   if (!TIFFWriteDirectory(as_tiff(staging_))) return fail(tiff_error("cannot finish the staging file"));
   TIFFClose(as_tiff(staging_));
   staging_ = nullptr;
-  TiffPtr rd(open_tiff(staging_path_, "r", last_error_.get()));
-  if (!rd) return fail(tiff_error("cannot read back the staging file '" + staging_path_ + "'"));
   const Level& l0 = levels_[0];
+  // A mask with no tissue at all put nothing in the staging file, and libtiff then writes
+  // a directory without tile offsets that it will not read back: every tile is the zero tile.
+  const bool none_written = std::none_of(written0_.begin(), written0_.end(), [](bool w) { return w; });
+  TiffPtr rd(none_written ? nullptr : open_tiff(staging_path_, "r", last_error_.get()));
+  if (!none_written && !rd) return fail(tiff_error("cannot read back the staging file '" + staging_path_ + "'"));
   std::vector<std::uint8_t> raw;
   for (std::size_t i = 0; i < l0.nonzero.size(); ++i) {
     const auto idx = static_cast<std::uint32_t>(i);
