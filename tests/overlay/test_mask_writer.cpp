@@ -448,6 +448,81 @@ TEST(MaskWriter, PngPreviewIsTheSmallLevelBlendedOverTheSlide) {
   EXPECT_GT(corner[0] + corner[1] + corner[2], 3 * 150);  // glass, not tinted black or green
 }
 
+// A slide whose pixels are a hash of (level, x, y), with the level downsamples chosen by
+// the test: the preview's slide part can then be checked pixel by pixel.
+class HashSlide final : public tessera::overlay::Slide {
+ public:
+  HashSlide(std::int64_t w, std::int64_t h, std::vector<double> downsamples) : w_(w), h_(h), ds_(std::move(downsamples)) {}
+  std::string description() const override { return "hash slide"; }
+  int level_count() const override { return static_cast<int>(ds_.size()); }
+  tessera::overlay::LevelSize level_size(int l) const override {
+    const double d = ds_[static_cast<std::size_t>(l)];
+    return {static_cast<std::int64_t>(std::ceil(static_cast<double>(w_) / d)),
+            static_cast<std::int64_t>(std::ceil(static_cast<double>(h_) / d)), d};
+  }
+  static std::uint8_t px(int l, std::int64_t x, std::int64_t y, int c) {
+    std::uint64_t v = (static_cast<std::uint64_t>(x) * 0x9E3779B97F4A7C15ull) ^ (static_cast<std::uint64_t>(y) * 0xC2B2AE3D27D4EB4Full) ^
+                      (static_cast<std::uint64_t>(l * 3 + c) << 56);
+    v ^= v >> 29;
+    v *= 0xBF58476D1CE4E5B9ull;
+    return static_cast<std::uint8_t>(v >> 56);
+  }
+  tessera::Result<void> read_region(int l, std::int64_t x, std::int64_t y, int w, int h, std::uint8_t* rgb) const override {
+    for (int j = 0; j < h; ++j)
+      for (int i = 0; i < w; ++i)
+        for (int c = 0; c < 3; ++c) *rgb++ = px(l, x + i, y + j, c);
+    return {};
+  }
+  std::string reader() const override { return "hash"; }
+
+ private:
+  std::int64_t w_, h_;
+  std::vector<double> ds_;
+};
+
+// The preview of an empty mask is the slide itself, box-averaged from the slide level just
+// above the preview's scale: exactly, for a whole ratio (2: the fixed 2 x 2 path) and a
+// fractional one (4/3: spans of 1 or 2 pixels), over several bands read on several threads.
+TEST(MaskWriter, PngPreviewIsTheExactBoxAverageOfTheSlideLevel) {
+  for (const double ds : {2.0, 3.0}) {
+    SCOPED_TRACE("slide level downsample " + std::to_string(ds));
+    TempDir d;
+    HashSlide slide(8192, 8192, {1.0, ds});
+    const auto g = geometry(8192, 8192, 256, 1.0, 0.5);  // preview: mask level 2, 2048 px, scale 4
+    MaskOutputs out;
+    out.png = d.file("p.png");
+    auto w = MaskWriter::create(out, g);
+    ASSERT_TRUE(w.has_value()) << w.error().message;
+    auto fin = (*w)->finish(&slide);
+    ASSERT_TRUE(fin.has_value()) << fin.error().message;
+    png_image img{};
+    img.version = PNG_IMAGE_VERSION;
+    ASSERT_NE(png_image_begin_read_from_file(&img, out.png.c_str()), 0) << img.message;
+    ASSERT_EQ(img.width, 2048u);
+    ASSERT_EQ(img.height, 2048u);
+    img.format = PNG_FORMAT_RGB;
+    std::vector<std::uint8_t> got(PNG_IMAGE_SIZE(img));
+    ASSERT_NE(png_image_finish_read(&img, nullptr, got.data(), 0, nullptr), 0) << img.message;
+    const double r = 4.0 / ds;  // slide pixels per preview pixel
+    const std::int64_t sw = static_cast<std::int64_t>(std::ceil(2048 * r));
+    const auto lo = [&](int p) { return std::min<std::int64_t>(sw, static_cast<std::int64_t>(std::floor(p * r))); };
+    std::int64_t wrong = 0;
+    for (int py = 0; py < 2048; ++py)
+      for (int px = 0; px < 2048; ++px) {
+        const std::int64_t xa = lo(px), xb = std::min(sw, std::max(xa + 1, lo(px + 1)));
+        const std::int64_t ya = lo(py), yb = std::min(sw, std::max(ya + 1, lo(py + 1)));
+        for (int c = 0; c < 3; ++c) {
+          std::uint32_t acc = 0;
+          for (std::int64_t y = ya; y < yb; ++y)
+            for (std::int64_t x = xa; x < xb; ++x) acc += HashSlide::px(1, x, y, c);
+          const auto want = static_cast<std::uint8_t>(acc / static_cast<std::uint32_t>((xb - xa) * (yb - ya)));
+          wrong += got[(static_cast<std::size_t>(py) * 2048 + static_cast<std::size_t>(px)) * 3 + static_cast<std::size_t>(c)] != want;
+        }
+      }
+    EXPECT_EQ(wrong, 0);
+  }
+}
+
 // write_png against libpng's reader: grey and RGB, sizes that are not multiples of anything.
 TEST(PngWriter, GreyAndRgbReadBackExactlyWithLibpng) {
   TempDir d;
