@@ -36,7 +36,7 @@ struct OverlayArgs {
   std::string out_tiff, out_geojson;
   bool no_outputs = false;
   bool all_tiles = false;
-  std::uint32_t in_flight = 256;
+  std::uint32_t in_flight = 0;  // 0: overlay::default_in_flight(workers, batch)
   bool verify = true;
   bool progress = false, no_progress = false;
   bool json = false;
@@ -147,7 +147,10 @@ int run(const OverlayArgs& a) {
   po.grid.tile = a.tile > 0 ? a.tile : (native >= 64 && native <= 1024 ? native : 256);
   po.grid.overlap = a.overlap;
   po.grid.level = a.level;
-  po.max_in_flight = a.in_flight;
+  const std::uint32_t in_flight =
+      a.in_flight > 0 ? a.in_flight
+                      : overlay::default_in_flight(a.devices.empty() ? a.workers : static_cast<int>(a.devices.size()), a.batch);
+  po.max_in_flight = in_flight;
   po.readers = a.readers > 0 ? a.readers : overlay::default_readers();
   po.all_tiles = a.all_tiles;
   const auto ls = slide->level_size(a.level);
@@ -183,11 +186,7 @@ int run(const OverlayArgs& a) {
   overlay::MaskWriter& sink = verify ? static_cast<overlay::MaskWriter&>(checker) : *writer;
 
   const std::uint64_t edge = static_cast<std::uint64_t>(po.grid.input_edge());
-  ClientOptions co;
-  co.arena = overlay::pipeline_arena(edge * edge * 3, edge * edge, a.in_flight, po.readers);
-  co.max_in_flight = a.in_flight * 2;
-  co.worker_window = std::max<std::uint32_t>(co.worker_window, 2 * static_cast<std::uint32_t>(a.batch));  // room for full batches
-  auto client = Client::embedded(co);
+  auto client = Client::embedded(overlay::pipeline_client_options(edge, in_flight, po.readers, a.batch));
   if (!client) {
     fmt::print(stderr, "tessera overlay: cannot create the arena: {}\n", client.error().message);
     return 1;
@@ -319,7 +318,7 @@ Subcommand add_overlay(CLI::App& parent) {
   app->add_option("--out-geojson", args->out_geojson, "GeoJSON of the mask regions (default: <png stem>.geojson)");
   app->add_flag("--no-outputs", args->no_outputs, "Write nothing (benchmarks)");
   app->add_flag("--all-tiles", args->all_tiles, "Read every tile (no tissue detection)");
-  app->add_option("--in-flight", args->in_flight, "Tiles in flight")->check(CLI::Range(1, 4096));
+  app->add_option("--in-flight", args->in_flight, "Tiles in flight (default: 64, or 4 x workers x --batch when larger)")->check(CLI::Range(1, 4096));
   app->add_flag("!--no-verify", args->verify, "Skip the per-tile comparison with the in-process reference (built-in slide)");
   app->add_flag("--progress", args->progress, "Progress bar on stderr even when it is not a terminal");
   app->add_flag("--no-progress", args->no_progress, "No progress bar");

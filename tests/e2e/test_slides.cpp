@@ -241,6 +241,29 @@ TEST(Slides, TissueDetectionSkipsExactlyTheBackgroundTiles) {
   EXPECT_EQ(expected, 6 * 5);  // the 4 x 3 box tiles and a ring of one tile
 }
 
+// The pipeline's defaults: 64 tiles in flight for per-tile workers, whole batches queued
+// for batched ones (4 per worker), capped; the arena holds that many tiles plus the readers'
+// queues, and the client spins only briefly before it sleeps.
+TEST(JobSetup, InFlightAndArenaFollowTheWorkersAndTheirBatches) {
+  EXPECT_EQ(ov::default_in_flight(2, 0), 64u);
+  EXPECT_EQ(ov::default_in_flight(2, 4), 64u);
+  EXPECT_EQ(ov::default_in_flight(2, 32), 256u);
+  EXPECT_EQ(ov::default_in_flight(4, 128), 2048u);
+  EXPECT_EQ(ov::default_in_flight(64, 1024), 4096u);
+  EXPECT_EQ(ov::default_in_flight(0, 0), 64u);
+  const tessera::ClientOptions co = ov::pipeline_client_options(240, 64, 2, 32);
+  std::uint32_t in_blocks = 0, out_blocks = 0;
+  for (const auto& c : co.arena.classes) {
+    if (c.block_size >= 240u * 240 * 3) in_blocks += c.block_count;
+    else if (c.block_size >= 240u * 240) out_blocks += c.block_count;
+  }
+  EXPECT_GE(in_blocks, 64u + 2 * 8);  // in flight + 8 queued per reader
+  EXPECT_GE(out_blocks, 64u);
+  EXPECT_EQ(co.max_in_flight, 128u);
+  EXPECT_GE(co.worker_window, 64u);  // two batches of 32
+  EXPECT_LT(co.wait.spin_ns, tessera::WaitPolicy{}.spin_ns);
+}
+
 // A slide whose every read takes `delay` (a slow disk or codec): the readers are then the
 // bottleneck and the client thread has nothing to do but wait.
 class SlowSlide final : public ov::Slide {

@@ -40,10 +40,7 @@ std::string warm_key(const SlideJob& j) {
 
 Result<std::unique_ptr<Client>> start_warm_client(const SlideJob& job, const std::string& bin_dir) {
   const std::uint64_t edge = static_cast<std::uint64_t>(job.tile + 2 * job.overlap);
-  ClientOptions co;
-  co.arena = overlay::pipeline_arena(edge * edge * 3, edge * edge, job.in_flight, overlay::default_readers());
-  co.max_in_flight = job.in_flight * 2;
-  auto client = Client::embedded(co);
+  auto client = Client::embedded(overlay::pipeline_client_options(edge, job.in_flight, overlay::default_readers()));
   if (!client) return fail(Errc::system, "cannot create the arena: " + client.error().message);
   auto pool = overlay::example_pool({.worker = job.worker, .count = job.workers, .batch = 0, .devices = {}}, bin_dir);
   if (!pool) return fail(Errc::invalid_argument, "job: " + pool.error().message);

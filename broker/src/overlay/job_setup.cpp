@@ -1,5 +1,6 @@
 // What a run of the main job starts on: the worker pool for a `--worker` choice and the
 // arena sized for the pipeline. One home for `tessera overlay` and `tessera batch`.
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -50,18 +51,28 @@ Result<PoolSpec> example_pool(const WorkerChoice& c, const std::string& bin_dir)
   return p;
 }
 
-ArenaConfig pipeline_arena(std::uint64_t in_bytes, std::uint64_t out_bytes, std::uint32_t in_flight, int readers) {
+std::uint32_t default_in_flight(int workers, int batch) noexcept {
+  const std::int64_t batched = 4 * static_cast<std::int64_t>(std::max(workers, 1)) * std::max(batch, 0);
+  return static_cast<std::uint32_t>(std::clamp<std::int64_t>(batched, 64, 4096));
+}
+
+ClientOptions pipeline_client_options(std::uint64_t edge, std::uint32_t in_flight, int readers, int batch) {
   auto page = [](std::uint64_t v) { return (v + kPageSize - 1) / kPageSize * kPageSize; };
   std::map<std::uint64_t, std::uint32_t> classes{{kPageSize, 256}};  // small blocks: error texts, tiny outputs
   // Input blocks: the tiles in flight plus the readers' queue (8 per reader).
-  classes[page(in_bytes)] += in_flight + 32 + static_cast<std::uint32_t>(8 * readers);
-  classes[page(out_bytes)] += in_flight + 32;
-  ArenaConfig cfg;
-  cfg.classes.clear();
-  for (auto [size, count] : classes) cfg.classes.push_back({size, count});
-  cfg.n_rings = 64;
-  cfg.ring_capacity = 1024;
-  return cfg;
+  classes[page(edge * edge * 3)] += in_flight + 32 + static_cast<std::uint32_t>(8 * readers);
+  classes[page(edge * edge)] += in_flight + 32;
+  ClientOptions co;
+  co.arena.classes.clear();
+  for (auto [size, count] : classes) co.arena.classes.push_back({size, count});
+  co.arena.n_rings = 64;
+  co.arena.ring_capacity = 1024;
+  co.max_in_flight = in_flight * 2;
+  co.worker_window = std::max<std::uint32_t>(co.worker_window, 2 * static_cast<std::uint32_t>(std::max(batch, 0)));  // room for full batches
+  // The client thread waits for answers while the readers decode on every core: a spin
+  // longer than a few microseconds takes CPU from them (as for the workers above).
+  co.wait.spin_ns = 5'000;
+  return co;
 }
 
 }  // namespace tessera::overlay

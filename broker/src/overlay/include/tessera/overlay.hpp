@@ -164,7 +164,13 @@ struct WorkerChoice {
   std::vector<std::string> devices;   // one worker per device (CUDA_VISIBLE_DEVICES)
 };
 Result<PoolSpec> example_pool(const WorkerChoice& choice, const std::string& bin_dir);
-// The arena of a pipeline run: blocks for the tiles in flight, the readers' queues and the masks.
-ArenaConfig pipeline_arena(std::uint64_t in_bytes, std::uint64_t out_bytes, std::uint32_t in_flight, int readers);
+// The client of a pipeline run (`tessera overlay`, `tessera batch`): an arena with blocks for
+// the tiles in flight, the readers' queues and the masks (`edge`-px RGB tiles in, `edge`-px
+// masks out), room for full batches of `batch` tiles, and a short spin before sleeping.
+// Tiles in flight when the user gives no --in-flight: 64 keep per-tile workers busy (the
+// readers are the bottleneck); batched workers need whole batches queued, 4 x batch each.
+// More costs start-up: the arena is zeroed and mapped before the first tile (~2 us per 4 KiB).
+std::uint32_t default_in_flight(int workers, int batch) noexcept;
+ClientOptions pipeline_client_options(std::uint64_t edge, std::uint32_t in_flight, int readers, int batch = 0);
 
 }  // namespace tessera::overlay
