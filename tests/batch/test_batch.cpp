@@ -415,10 +415,11 @@ TEST(Batch, ServerRestartMidBatchCompletes) {
 TEST(Batch, SigtermFinishesOrReleasesTheCurrentItem) {
   Batch bt;
   ASSERT_TRUE(bt.server.start()) << bt.logs();
-  // 144 tiles at 50 ms on two workers: ~3.6 s a slide, longer than the 2-s status
-  // heartbeat, so the test sees each item running with tiles done (1536-px slides ran
-  // in ~1.3 s on a quiet machine and were never seen mid-run).
-  auto [rc, out] = bt.submit("--op 6 --ack-wait 30" + synthetic_args(3, 3072, 500));
+  // 324 grid tiles, about half of them tissue (the rest are never read), at 50 ms on two
+  // workers: ~4 s a slide, twice the 2-s status heartbeat, so the test sees each item
+  // running with tiles done (3072-px slides, ~80 tissue tiles, took ~2 s on a fast host
+  // and were seen only at their end; 1536-px ones were never seen mid-run).
+  auto [rc, out] = bt.submit("--op 6 --ack-wait 30" + synthetic_args(3, 4608, 500));
   ASSERT_EQ(rc, 0) << out;
   Child& patient = bt.start_node("patient", "--drain-timeout 60");
   auto p_item = bt.wait_running_on("patient", 30s);
