@@ -257,7 +257,7 @@ TEST(JobSetup, InFlightAndArenaFollowTheWorkersAndTheirBatches) {
     if (c.block_size >= 240u * 240 * 3) in_blocks += c.block_count;
     else if (c.block_size >= 240u * 240) out_blocks += c.block_count;
   }
-  EXPECT_GE(in_blocks, 64u + 2 * 8);  // in flight + 8 queued per reader
+  EXPECT_GE(in_blocks, 64u + 2 * ov::kReadAheadPerReader);  // in flight + the readers' queues
   EXPECT_GE(out_blocks, 64u);
   EXPECT_EQ(co.max_in_flight, 128u);
   EXPECT_GE(co.worker_window, 64u);  // two batches of 32

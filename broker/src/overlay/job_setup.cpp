@@ -59,8 +59,8 @@ std::uint32_t default_in_flight(int workers, int batch) noexcept {
 ClientOptions pipeline_client_options(std::uint64_t edge, std::uint32_t in_flight, int readers, int batch) {
   auto page = [](std::uint64_t v) { return (v + kPageSize - 1) / kPageSize * kPageSize; };
   std::map<std::uint64_t, std::uint32_t> classes{{kPageSize, 256}};  // small blocks: error texts, tiny outputs
-  // Input blocks: the tiles in flight plus the readers' queue (8 per reader).
-  classes[page(edge * edge * 3)] += in_flight + 32 + static_cast<std::uint32_t>(8 * readers);
+  // Input blocks: the tiles in flight plus the readers' queue.
+  classes[page(edge * edge * 3)] += in_flight + 32 + static_cast<std::uint32_t>(kReadAheadPerReader * readers);
   classes[page(edge * edge)] += in_flight + 32;
   ClientOptions co;
   co.arena.classes.clear();

@@ -243,7 +243,7 @@ Result<PipelineReport> run_pipeline(Client& client, const Slide& slide, const Pi
   const std::uint64_t nbytes = static_cast<std::uint64_t>(edge) * static_cast<std::uint64_t>(edge) * 3;
   rep.readers = std::max(1, opts.readers > 0 ? opts.readers : default_readers());
   // Enough read jobs queued that no reader waits for the client thread.
-  ReadQueue q(static_cast<std::size_t>(std::max(8, rep.readers * 8)));
+  ReadQueue q(static_cast<std::size_t>(std::max(8, rep.readers * kReadAheadPerReader)));
   std::vector<std::thread> readers;
   struct Joiner {
     ReadQueue& q;

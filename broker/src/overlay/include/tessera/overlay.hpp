@@ -101,6 +101,13 @@ struct TissueMap {
 };
 Result<TissueMap> detect_tissue(const Slide& slide, const TileGrid& grid, const TissueOptions& opts = {});
 
+// Read jobs queued per reader, each with its arena block. The client thread hands out jobs
+// and submits the decoded tiles; with readers, workers and the client thread sharing the
+// cores it is off the CPU for a scheduler slice now and then (milliseconds), and the queue
+// must hold the readers' work for that long: 8 per reader left them idle ~30 % of the
+// tile phase on 2 cores, 32 per reader ~2 % (docs/overlay.md).
+inline constexpr int kReadAheadPerReader = 32;
+
 struct PipelineOptions {
   TileGrid grid{};
   std::uint32_t op = 0;                 // worker op (0 = tissue mask for the example workers)
