@@ -45,30 +45,33 @@ class Tracer {
         hvis_(static_cast<std::size_t>(w_ * (h_ + 1)), false),
         vvis_(static_cast<std::size_t>((w_ + 1) * h_), false) {}
 
-  // 4-connected component labels (union-find over a label image).
-  void label() {
-    lab_.assign(static_cast<std::size_t>(w_ * h_), 0);
-    parent_.assign(1, 0);
+  // 4-connected component labels, union-find, one row at a time: labelling row y needs
+  // only row y - 1, and the trace below reads labels of the two rows around the edges it
+  // is at, so two rows are kept, not a label image (a 4096^2 level's was 64 MiB, and
+  // first touches of fresh memory are what the write step paid most for on a VM).
+  void label_row(std::int64_t y) {
+    std::swap(lab_up_, lab_row_);
+    const std::uint32_t* up_row = y > 0 ? lab_up_.data() : nullptr;
+    std::uint32_t* out = lab_row_.data();
+    std::fill(lab_row_.begin(), lab_row_.end(), 0);
     static constexpr std::uint8_t kZeros[8] = {};
-    for (std::int64_t y = 0; y < h_; ++y) {
-      const std::uint8_t* row = &r_.px[idx(0, y)];
-      for (std::int64_t x = 0; x < w_; ++x) {
-        while (x + 8 <= w_ && std::memcmp(row + x, kZeros, 8) == 0) x += 8;  // background: label 0 stays
-        if (x >= w_ || row[x] == 0) continue;
-        const std::uint32_t up = y > 0 ? lab_[idx(x, y - 1)] : 0, left = x > 0 ? lab_[idx(x - 1, y)] : 0;
-        std::uint32_t l;
-        if (up == 0 && left == 0) {
-          l = static_cast<std::uint32_t>(parent_.size());
-          parent_.push_back(l);
-        } else if (up != 0 && left != 0) {
-          const std::uint32_t a = find(up), b = find(left);
-          l = std::min(a, b);
-          parent_[std::max(a, b)] = l;
-        } else {
-          l = up | left;
-        }
-        lab_[idx(x, y)] = l;
+    const std::uint8_t* row = &r_.px[idx(0, y)];
+    for (std::int64_t x = 0; x < w_; ++x) {
+      while (x + 8 <= w_ && std::memcmp(row + x, kZeros, 8) == 0) x += 8;  // background: label 0 stays
+      if (x >= w_ || row[x] == 0) continue;
+      const std::uint32_t up = up_row != nullptr ? up_row[x] : 0, left = x > 0 ? out[x - 1] : 0;
+      std::uint32_t l;
+      if (up == 0 && left == 0) {
+        l = static_cast<std::uint32_t>(parent_.size());
+        parent_.push_back(l);
+      } else if (up != 0 && left != 0) {
+        const std::uint32_t a = find(up), b = find(left);
+        l = std::min(a, b);
+        parent_[std::max(a, b)] = l;
+      } else {
+        l = up | left;
       }
+      out[x] = l;
     }
   }
 
@@ -84,7 +87,13 @@ class Tracer {
   // Every ring, in the raster order of its first horizontal edge; false when the
   // corners exceed `max_corners` (the caller then traces a smaller level).
   bool trace(std::vector<Ring>& rings, std::vector<Corner>& pool, std::size_t max_corners) {
+    lab_up_.assign(static_cast<std::size_t>(w_), 0);
+    lab_row_.assign(static_cast<std::size_t>(w_), 0);
+    parent_.assign(1, 0);
     for (std::int64_t y = 0; y <= h_; ++y) {
+      // Edges between rows y - 1 and y: labels of row y - 1 in lab_up_, of row y in lab_row_.
+      if (y < h_) label_row(y);
+      else std::swap(lab_up_, lab_row_);
       // Stretches where the rows above and below hold the same bytes have no horizontal
       // boundary edge: skip them 8 pixels at a time (most of a mask is such stretches).
       const std::uint8_t* above_row = y > 0 ? &r_.px[idx(0, y - 1)] : nullptr;
@@ -102,7 +111,7 @@ class Tracer {
         else
           walk(x + 1, y, kWest, pool);
         ring.count = static_cast<std::uint32_t>(pool.size() - ring.first);
-        ring.label = lab_[idx(x, below ? y : y - 1)];
+        ring.label = below ? lab_row_[static_cast<std::size_t>(x)] : lab_up_[static_cast<std::size_t>(x)];
         for (std::uint32_t i = 0; i < ring.count; ++i) {
           const Corner& a = pool[ring.first + i];
           const Corner& b = pool[ring.first + (i + 1) % ring.count];
@@ -173,7 +182,7 @@ class Tracer {
   const Raster& r_;
   std::int64_t w_, h_;
   LargeVector<bool> hvis_, vvis_;  // visited horizontal / vertical boundary edges
-  LargeVector<std::uint32_t> lab_;
+  std::vector<std::uint32_t> lab_up_, lab_row_;  // labels of rows y - 1 and y
   std::vector<std::uint32_t> parent_;
 };
 
@@ -263,7 +272,6 @@ Result<void> write_geojson(const std::string& path, const Raster& r, const GeoJs
   std::vector<Ring> rings;
   std::vector<Corner> pool;
   Tracer tr(r);
-  tr.label();
   if (!tr.trace(rings, pool, spec.max_corners))
     return fail(Errc::no_space, "GeoJSON '" + path + "': more than " + std::to_string(spec.max_corners) +
                                     " polygon corners at this level");

@@ -8,6 +8,8 @@
 #include <thread>
 #include <vector>
 
+#include "png_writer.hpp"
+
 namespace tessera::overlay::detail {
 namespace {
 
@@ -37,7 +39,8 @@ int pick_level(const Slide& s, double scale) {
 
 Result<void> write_mask_preview(const std::string& path, const Raster& m, double scale, const Slide* slide) {
   const auto pw = static_cast<int>(m.width), ph = static_cast<int>(m.height);
-  LargeVector<std::uint8_t> out(static_cast<std::size_t>(pw) * static_cast<std::size_t>(ph) * 3, 255);
+  // Built in the PNG stream's own row layout, so the encoder compresses it in place.
+  PngRaster img(pw, ph, 3);
   const int level = slide && slide->level_count() > 0 ? pick_level(*slide, scale) : -1;
   const double r =
       level >= 0 ? scale / std::max(slide->level_size(level).downsample, 1e-9) : 0;  // slide px per preview px
@@ -78,7 +81,7 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
           const auto ya = static_cast<std::int64_t>(std::floor(py * r)) - sy0;
           const auto yb =
               std::min<std::int64_t>(sh, std::max(ya + 1, static_cast<std::int64_t>(std::floor((py + 1) * r)) - sy0));
-          std::uint8_t* o = &out[static_cast<std::size_t>(py) * static_cast<std::size_t>(pw) * 3];
+          std::uint8_t* o = img.row(py);
           if (whole && yb - ya == k) {
             const auto n = static_cast<std::uint32_t>(k * k);
             for (int px = 0; px < pw; ++px, o += 3) {
@@ -119,15 +122,19 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
       run();
     }  // joined: every band's rows and `error` are visible
     if (!error.empty()) return fail(Errc::system, "preview '" + path + "': cannot read the slide: " + error);
+  } else {
+    for (int py = 0; py < ph; ++py) std::fill_n(img.row(py), static_cast<std::size_t>(pw) * 3, std::uint8_t{255});
   }
   // Foreground tinted green (55 % slide, 45 % tint), as the run's overlay always was.
   static constexpr int kTint[3] = {20, 210, 90};
-  for (std::size_t i = 0; i < m.px.size(); ++i)
-    if (m.px[i] != 0)
-      for (int c = 0; c < 3; ++c)
-        out[i * 3 + static_cast<std::size_t>(c)] =
-            static_cast<std::uint8_t>((out[i * 3 + static_cast<std::size_t>(c)] * 55 + kTint[c] * 45) / 100);
-  return write_png(path, out.data(), pw, ph, 3);
+  for (int py = 0; py < ph; ++py) {
+    const std::uint8_t* mrow = &m.px[static_cast<std::size_t>(py) * static_cast<std::size_t>(pw)];
+    std::uint8_t* o = img.row(py);
+    for (int px = 0; px < pw; ++px, o += 3)
+      if (mrow[px] != 0)
+        for (int c = 0; c < 3; ++c) o[c] = static_cast<std::uint8_t>((o[c] * 55 + kTint[c] * 45) / 100);
+  }
+  return write_png(path, img);
 }
 
 }  // namespace tessera::overlay::detail

@@ -7,6 +7,8 @@
 // (docs/design/overlay-outputs.md, "PNG preview"). libpng cannot use another deflate, and
 // the container around the stream is small: signature, IHDR, one IDAT, IEND, each with a
 // CRC-32 (libdeflate's). Tests read every file back with libpng.
+#include "png_writer.hpp"
+
 #include <tessera/overlay.hpp>
 
 #include <fcntl.h>
@@ -17,7 +19,6 @@
 #include <cstring>
 #include <memory>
 
-#include "large_buffer.hpp"
 
 namespace tessera::overlay {
 namespace {
@@ -64,45 +65,60 @@ bool write_chunk(int fd, const char type[4], const std::uint8_t* data, std::size
 
 }  // namespace
 
-Result<void> write_png(const std::string& path, const std::uint8_t* data, int width, int height, int channels) {
+namespace detail {
+
+PngRaster::PngRaster(int width, int height, int channels)
+    : w_(width),
+      h_(height),
+      c_(channels),
+      stride_(static_cast<std::size_t>(width) * static_cast<std::size_t>(channels) + 1),
+      bytes_(stride_ * static_cast<std::size_t>(height), 0) {}
+
+Result<void> write_png(const std::string& path, const PngRaster& img) {
   const std::string what = "png: cannot write '" + path + "'";
-  if (!data || width < 1 || height < 1 || (channels != 1 && channels != 3))
-    return fail(Errc::invalid_argument, what + ": needs pixels, a positive size and 1 or 3 channels (got " +
-                                            std::to_string(width) + "x" + std::to_string(height) + "x" +
-                                            std::to_string(channels) + ")");
-  const std::size_t row = static_cast<std::size_t>(width) * static_cast<std::size_t>(channels);
-  const std::size_t raw_n = (row + 1) * static_cast<std::size_t>(height);
+  const std::size_t raw_n = img.bytes().size();
   if (raw_n > 0xffffffffULL / 2)
-    return fail(Errc::invalid_argument, what + ": " + std::to_string(width) + "x" + std::to_string(height) +
+    return fail(Errc::invalid_argument, what + ": " + std::to_string(img.width()) + "x" + std::to_string(img.height()) +
                                             " is too large for one IDAT chunk");
-  // Filter type 0 (none) before every row: the filters cost more time than they save
-  // bytes on this content (docs/design/overlay-outputs.md, "PNG preview").
-  detail::LargeVector<std::uint8_t> raw(raw_n);
-  for (int y = 0; y < height; ++y) {
-    std::uint8_t* r = &raw[static_cast<std::size_t>(y) * (row + 1)];
-    r[0] = 0;
-    std::memcpy(r + 1, data + static_cast<std::size_t>(y) * row, row);
-  }
   std::unique_ptr<libdeflate_compressor, CompressorFree> c(libdeflate_alloc_compressor(kLevel));
   if (!c) return fail(Errc::system, what + ": cannot allocate a compressor");
-  detail::LargeVector<std::uint8_t> z(libdeflate_zlib_compress_bound(c.get(), raw_n));
-  const std::size_t zn = libdeflate_zlib_compress(c.get(), raw.data(), raw_n, z.data(), z.size());
+  // Not value-initialised: only the pages the compressed stream reaches are touched (a
+  // 2048-px preview compresses to ~30 % of the bound).
+  const std::size_t bound = libdeflate_zlib_compress_bound(c.get(), raw_n);
+  std::unique_ptr<std::uint8_t[]> z(new std::uint8_t[bound]);
+  const std::size_t zn = libdeflate_zlib_compress(c.get(), img.bytes().data(), raw_n, z.get(), bound);
   if (zn == 0) return fail(Errc::system, what + ": compression failed");
 
   std::uint8_t ihdr[13];
-  put_be32(ihdr, static_cast<std::uint32_t>(width));
-  put_be32(ihdr + 4, static_cast<std::uint32_t>(height));
-  ihdr[8] = 8;                         // bit depth
-  ihdr[9] = channels == 1 ? 0 : 2;     // colour type: grey or RGB
-  ihdr[10] = ihdr[11] = ihdr[12] = 0;  // deflate, adaptive filtering, no interlace
+  put_be32(ihdr, static_cast<std::uint32_t>(img.width()));
+  put_be32(ihdr + 4, static_cast<std::uint32_t>(img.height()));
+  ihdr[8] = 8;                              // bit depth
+  ihdr[9] = img.channels() == 1 ? 0 : 2;    // colour type: grey or RGB
+  ihdr[10] = ihdr[11] = ihdr[12] = 0;       // deflate, adaptive filtering, no interlace
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return fail(Errc::system, what + ": " + std::strerror(errno));
   const bool ok = write_all(fd, kSignature, sizeof kSignature) && write_chunk(fd, "IHDR", ihdr, sizeof ihdr) &&
-                  write_chunk(fd, "IDAT", z.data(), zn) && write_chunk(fd, "IEND", nullptr, 0);
+                  write_chunk(fd, "IDAT", z.get(), zn) && write_chunk(fd, "IEND", nullptr, 0);
   const int err = errno;
   if (::close(fd) != 0 && ok) return fail(Errc::system, what + ": " + std::strerror(errno));
   if (!ok) return fail(Errc::system, what + ": " + std::strerror(err));
   return {};
+}
+
+}  // namespace detail
+
+Result<void> write_png(const std::string& path, const std::uint8_t* data, int width, int height, int channels) {
+  if (!data || width < 1 || height < 1 || (channels != 1 && channels != 3))
+    return fail(Errc::invalid_argument, "png: cannot write '" + path + "': needs pixels, a positive size and 1 or 3 channels (got " +
+                                            std::to_string(width) + "x" + std::to_string(height) + "x" +
+                                            std::to_string(channels) + ")");
+  if ((static_cast<std::size_t>(width) * static_cast<std::size_t>(channels) + 1) * static_cast<std::size_t>(height) > 0xffffffffULL / 2)
+    return fail(Errc::invalid_argument, "png: cannot write '" + path + "': " + std::to_string(width) + "x" +
+                                            std::to_string(height) + " is too large for one IDAT chunk");
+  detail::PngRaster img(width, height, channels);
+  const std::size_t row = static_cast<std::size_t>(width) * static_cast<std::size_t>(channels);
+  for (int y = 0; y < height; ++y) std::memcpy(img.row(y), data + static_cast<std::size_t>(y) * row, row);
+  return detail::write_png(path, img);
 }
 
 }  // namespace tessera::overlay
