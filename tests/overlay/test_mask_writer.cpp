@@ -452,7 +452,9 @@ TEST(MaskWriter, PngPreviewIsTheSmallLevelBlendedOverTheSlide) {
 // the test: the preview's slide part can then be checked pixel by pixel.
 class HashSlide final : public tessera::overlay::Slide {
  public:
-  HashSlide(std::int64_t w, std::int64_t h, std::vector<double> downsamples) : w_(w), h_(h), ds_(std::move(downsamples)) {}
+  HashSlide(std::int64_t w, std::int64_t h, std::vector<double> downsamples, int native_tile = 0)
+      : w_(w), h_(h), ds_(std::move(downsamples)), native_(native_tile) {}
+  int native_tile(int) const override { return native_; }
   std::string description() const override { return "hash slide"; }
   int level_count() const override { return static_cast<int>(ds_.size()); }
   tessera::overlay::LevelSize level_size(int l) const override {
@@ -478,16 +480,18 @@ class HashSlide final : public tessera::overlay::Slide {
  private:
   std::int64_t w_, h_;
   std::vector<double> ds_;
+  int native_;
 };
 
 // The preview of an empty mask is the slide itself, box-averaged from the slide level just
 // above the preview's scale: exactly, for a whole ratio (2: the fixed 2 x 2 path) and a
-// fractional one (4/3: spans of 1 or 2 pixels), over several bands read on several threads.
+// fractional one (4/3: spans of 1 or 2 pixels), over several bands read on several threads,
+// with bands sized by the memory budget (no native grid) or by whole rows of native tiles.
 TEST(MaskWriter, PngPreviewIsTheExactBoxAverageOfTheSlideLevel) {
-  for (const double ds : {2.0, 3.0}) {
-    SCOPED_TRACE("slide level downsample " + std::to_string(ds));
+  for (const auto& [ds, native] : {std::pair{2.0, 0}, std::pair{2.0, 240}, std::pair{3.0, 240}}) {
+    SCOPED_TRACE("slide level downsample " + std::to_string(ds) + ", native tile " + std::to_string(native));
     TempDir d;
-    HashSlide slide(8192, 8192, {1.0, ds});
+    HashSlide slide(8192, 8192, {1.0, ds}, native);
     const auto g = geometry(8192, 8192, 256, 1.0, 0.5);  // preview: mask level 2, 2048 px, scale 4
     MaskOutputs out;
     out.png = d.file("p.png");

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,7 +50,7 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
     // Bands are independent (a slide read, then averaging into their own preview rows), so
     // every core takes bands; the budget of slide bytes in memory is split between them.
     const int threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1U, 8U));
-    const int band = std::max(1, static_cast<int>(kBandBytes / threads / (static_cast<double>(sw) * 3 * std::max(1.0, r))));
+    int band = std::max(1, static_cast<int>(kBandBytes / threads / (static_cast<double>(sw) * 3 * std::max(1.0, r))));
     // Each preview column's span of slide columns [xs[px], xs[px + 1]), computed once
     // (not per pixel: the floor() calls cost more than the averaging itself).
     std::vector<std::int64_t> xs(static_cast<std::size_t>(pw) + 1);
@@ -59,6 +60,14 @@ Result<void> write_mask_preview(const std::string& path, const Raster& m, double
     // fixed k x k blocks, a loop the compiler unrolls; other ratios take the general spans.
     const int k = static_cast<int>(r);
     const bool whole = static_cast<double>(k) == r && k >= 1 && k <= 4 && static_cast<std::int64_t>(pw) * k <= sw;
+    // With a whole ratio and a native tile grid, a band is the fewest whole rows of source
+    // tiles that are whole preview rows too: every source tile is decoded once (a band edge
+    // inside a tile row decodes that row twice) and the bands in memory are a few MB, not
+    // the budget (memory touched for the first time is slow to come by on a VM).
+    if (const int native = slide->native_tile(level); whole && native > 0) {
+      const int rows = native * (k / std::gcd(native, k));  // slide rows: whole tiles, a multiple of k
+      band = std::min(band, std::max(1, rows / k));
+    }
     std::atomic<int> next{0};
     std::mutex error_mu;
     std::string error;  // first failure, guarded by error_mu
