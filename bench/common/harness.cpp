@@ -2,9 +2,11 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -233,22 +235,35 @@ Child::Exit Child::wait(double timeout_s) {
   const std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(std::max(0.0, timeout_s) * 1e9);
   int status = 0;
   rusage ru{};
+  // Sleep until the child exits (a pidfd turns readable) rather than polling: a waiter that
+  // woke every 500 us took the CPU from the measured process tree 2,000 times a second, and
+  // the whole job of `wsi/tessera-fast` measured 0.73-0.95 s under it against 0.63-0.70 s
+  // from a blocking waiter. Without pidfd_open (kernel < 5.3) it polls as before.
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
   for (;;) {
     const pid_t r = wait4(pid_, &status, WNOHANG, &ru);
     if (r == pid_) break;
     if (r < 0 && errno != EINTR) {
       pid_ = -1;
+      if (pidfd >= 0) close(pidfd);
       return e;
     }
-    if (now_ns() >= deadline) {
+    const std::uint64_t now = now_ns();
+    if (now >= deadline) {
       kill(pid_, SIGKILL);
       e.timed_out = true;
       while (wait4(pid_, &status, 0, &ru) < 0 && errno == EINTR) {
       }
       break;
     }
-    usleep(500);
+    if (pidfd >= 0) {
+      pollfd p{pidfd, POLLIN, 0};
+      (void)poll(&p, 1, static_cast<int>(std::min<std::uint64_t>((deadline - now) / 1'000'000 + 1, 1000)));
+    } else {
+      usleep(500);
+    }
   }
+  if (pidfd >= 0) close(pidfd);
   pid_ = -1;
   e.cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
             static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
