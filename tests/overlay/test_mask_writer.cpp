@@ -206,6 +206,26 @@ int in_child(F&& body, int timeout_s = 60) {
   return st;
 }
 
+// A PNG read back with libpng's simplified API as `format` (PNG_FORMAT_RGB or
+// PNG_FORMAT_GRAY); empty, with a test failure, when libpng cannot read it.
+std::vector<std::uint8_t> read_png(const std::string& path, std::uint32_t format, unsigned& w, unsigned& h) {
+  png_image img{};
+  img.version = PNG_IMAGE_VERSION;
+  if (png_image_begin_read_from_file(&img, path.c_str()) == 0) {
+    ADD_FAILURE() << path << ": " << img.message;
+    return {};
+  }
+  w = img.width;
+  h = img.height;
+  img.format = format;
+  std::vector<std::uint8_t> px(PNG_IMAGE_SIZE(img));
+  if (png_image_finish_read(&img, nullptr, px.data(), 0, nullptr) == 0) {
+    ADD_FAILURE() << path << ": " << img.message;
+    return {};
+  }
+  return px;
+}
+
 MaskGeometry geometry(std::int64_t w, std::int64_t h, int tile, double ds, double mpp) {
   MaskGeometry g;
   g.width = w;
@@ -426,14 +446,11 @@ TEST(MaskWriter, PngPreviewIsTheSmallLevelBlendedOverTheSlide) {
   ASSERT_TRUE((*w)->finish(slide.get()).has_value());
   EXPECT_EQ(d.entries(), std::vector<std::string>{"overlay.png"});
 
-  png_image img{};
-  img.version = PNG_IMAGE_VERSION;
-  ASSERT_NE(png_image_begin_read_from_file(&img, out.png.c_str()), 0) << img.message;
-  EXPECT_EQ(img.width, 1100u);
-  EXPECT_EQ(img.height, 750u);
-  img.format = PNG_FORMAT_RGB;
-  std::vector<std::uint8_t> px(PNG_IMAGE_SIZE(img));
-  ASSERT_NE(png_image_finish_read(&img, nullptr, px.data(), 0, nullptr), 0) << img.message;
+  unsigned pw = 0, ph = 0;
+  const std::vector<std::uint8_t> px = read_png(out.png, PNG_FORMAT_RGB, pw, ph);
+  ASSERT_FALSE(px.empty());
+  EXPECT_EQ(pw, 1100u);
+  EXPECT_EQ(ph, 750u);
   // Inside the region the tint raises green above red.
   std::int64_t tinted = 0, n = 0;
   for (int y = 260; y < 640; y += 37)
@@ -499,14 +516,11 @@ TEST(MaskWriter, PngPreviewIsTheExactBoxAverageOfTheSlideLevel) {
     ASSERT_TRUE(w.has_value()) << w.error().message;
     auto fin = (*w)->finish(&slide);
     ASSERT_TRUE(fin.has_value()) << fin.error().message;
-    png_image img{};
-    img.version = PNG_IMAGE_VERSION;
-    ASSERT_NE(png_image_begin_read_from_file(&img, out.png.c_str()), 0) << img.message;
-    ASSERT_EQ(img.width, 2048u);
-    ASSERT_EQ(img.height, 2048u);
-    img.format = PNG_FORMAT_RGB;
-    std::vector<std::uint8_t> got(PNG_IMAGE_SIZE(img));
-    ASSERT_NE(png_image_finish_read(&img, nullptr, got.data(), 0, nullptr), 0) << img.message;
+    unsigned pw = 0, ph = 0;
+    const std::vector<std::uint8_t> got = read_png(out.png, PNG_FORMAT_RGB, pw, ph);
+    ASSERT_EQ(pw, 2048u);
+    ASSERT_EQ(ph, 2048u);
+    ASSERT_EQ(got.size(), std::size_t{2048} * 2048 * 3);
     const double r = 4.0 / ds;  // slide pixels per preview pixel
     const std::int64_t sw = static_cast<std::int64_t>(std::ceil(2048 * r));
     const auto lo = [&](int p) { return std::min<std::int64_t>(sw, static_cast<std::int64_t>(std::floor(p * r))); };
@@ -537,14 +551,10 @@ TEST(PngWriter, GreyAndRgbReadBackExactlyWithLibpng) {
       for (std::size_t i = 0; i < px.size(); ++i) px[i] = i % 7 == 0 ? static_cast<std::uint8_t>(rng()) : static_cast<std::uint8_t>(i / 97);
       const std::string f = d.file(fmt::format("t{}-{}.png", channels, w));
       ASSERT_TRUE(tessera::overlay::write_png(f, px.data(), w, h, channels).has_value());
-      png_image img{};
-      img.version = PNG_IMAGE_VERSION;
-      ASSERT_NE(png_image_begin_read_from_file(&img, f.c_str()), 0) << img.message;
-      EXPECT_EQ(img.width, static_cast<unsigned>(w));
-      EXPECT_EQ(img.height, static_cast<unsigned>(h));
-      img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
-      std::vector<std::uint8_t> back(PNG_IMAGE_SIZE(img));
-      ASSERT_NE(png_image_finish_read(&img, nullptr, back.data(), 0, nullptr), 0) << img.message;
+      unsigned bw = 0, bh = 0;
+      const std::vector<std::uint8_t> back = read_png(f, channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB, bw, bh);
+      EXPECT_EQ(bw, static_cast<unsigned>(w));
+      EXPECT_EQ(bh, static_cast<unsigned>(h));
       EXPECT_EQ(back, px) << channels << " channels, " << w << "x" << h;
     }
 }
