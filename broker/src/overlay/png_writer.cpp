@@ -63,6 +63,18 @@ bool write_chunk(int fd, const char type[4], const std::uint8_t* data, std::size
   return write_all(fd, head, sizeof head) && write_all(fd, data, n) && write_all(fd, tail, sizeof tail);
 }
 
+std::string cannot_write(const std::string& path) { return "png: cannot write '" + path + "'"; }
+
+// One IDAT chunk holds the whole stream; its length field is 32-bit (the bound keeps room
+// for the compressed stream, which can be slightly larger than its input).
+Result<void> fits_one_idat(const std::string& path, int width, int height, int channels) {
+  const std::size_t raw_n = (static_cast<std::size_t>(width) * static_cast<std::size_t>(channels) + 1) * static_cast<std::size_t>(height);
+  if (raw_n > 0xffffffffULL / 2)
+    return fail(Errc::invalid_argument, cannot_write(path) + ": " + std::to_string(width) + "x" + std::to_string(height) +
+                                            " is too large for one IDAT chunk");
+  return {};
+}
+
 }  // namespace
 
 namespace detail {
@@ -75,11 +87,9 @@ PngRaster::PngRaster(int width, int height, int channels)
       bytes_(stride_ * static_cast<std::size_t>(height), 0) {}
 
 Result<void> write_png(const std::string& path, const PngRaster& img) {
-  const std::string what = "png: cannot write '" + path + "'";
+  if (auto ok = fits_one_idat(path, img.width(), img.height(), img.channels()); !ok) return ok;
+  const std::string what = cannot_write(path);
   const std::size_t raw_n = img.bytes().size();
-  if (raw_n > 0xffffffffULL / 2)
-    return fail(Errc::invalid_argument, what + ": " + std::to_string(img.width()) + "x" + std::to_string(img.height()) +
-                                            " is too large for one IDAT chunk");
   std::unique_ptr<libdeflate_compressor, CompressorFree> c(libdeflate_alloc_compressor(kLevel));
   if (!c) return fail(Errc::system, what + ": cannot allocate a compressor");
   // Not value-initialised: only the pages the compressed stream reaches are touched (a
@@ -109,12 +119,10 @@ Result<void> write_png(const std::string& path, const PngRaster& img) {
 
 Result<void> write_png(const std::string& path, const std::uint8_t* data, int width, int height, int channels) {
   if (!data || width < 1 || height < 1 || (channels != 1 && channels != 3))
-    return fail(Errc::invalid_argument, "png: cannot write '" + path + "': needs pixels, a positive size and 1 or 3 channels (got " +
+    return fail(Errc::invalid_argument, cannot_write(path) + ": needs pixels, a positive size and 1 or 3 channels (got " +
                                             std::to_string(width) + "x" + std::to_string(height) + "x" +
                                             std::to_string(channels) + ")");
-  if ((static_cast<std::size_t>(width) * static_cast<std::size_t>(channels) + 1) * static_cast<std::size_t>(height) > 0xffffffffULL / 2)
-    return fail(Errc::invalid_argument, "png: cannot write '" + path + "': " + std::to_string(width) + "x" +
-                                            std::to_string(height) + " is too large for one IDAT chunk");
+  if (auto ok = fits_one_idat(path, width, height, channels); !ok) return ok;  // before allocating the rows
   detail::PngRaster img(width, height, channels);
   const std::size_t row = static_cast<std::size_t>(width) * static_cast<std::size_t>(channels);
   for (int y = 0; y < height; ++y) std::memcpy(img.row(y), data + static_cast<std::size_t>(y) * row, row);
