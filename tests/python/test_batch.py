@@ -230,6 +230,21 @@ class InProcessBatcherTest(unittest.TestCase):
         for i in (0, 3):
             np.testing.assert_array_equal(got[i].output, out[i])
 
+    def test_answers_under_held_wakeups_reach_the_client(self):
+        s = self.client.open_stream(ordered=True)
+        for i in range(3):
+            submit_rgb(self.client, s, rgb(i, 8, 8), x=i)
+        tiles = self.take(3)
+        nw = self.worker._w
+        nw.hold_wakeups()
+        nw.hold_wakeups()
+        self.assertEqual(nw.publish_batch(tiles, np.arange(3, dtype=np.int32)), 3)
+        nw.release_wakeups()
+        nw.release_wakeups()
+        nw.release_wakeups()  # one release too many is harmless
+        got = collect(self.client, 3)
+        self.assertEqual([int(r.output[0]) for r in got], [0, 1, 2])
+
 
 if __name__ == "__main__":
     unittest.main()

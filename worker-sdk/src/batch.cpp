@@ -26,6 +26,7 @@ std::size_t Batch::publish_each(const void* out, DType dtype, const Shape& tile_
   // Unrepresentable shapes give 0: alloc_output below then fails every tile as too large.
   const std::size_t slice = static_cast<std::size_t>(tensor_nbytes(dtype, tile_shape).value_or(0));
   const auto* src = static_cast<const std::byte*>(out);
+  const WakeupBatch one_wakeup(*worker_);  // the client is woken once for the whole batch
   std::size_t done = 0;
   for (std::size_t i = 0; i < tiles_.size(); ++i) {
     Tile& t = tiles_[i];
@@ -107,6 +108,9 @@ void Batcher::run(Group& g, std::size_t n, const BatchHandler& handler) {
     for (Tile& t : running_)
       if (t.pending()) (void)w_.fail(t, TileStatus::HandlerError, why);
   };
+  // Whatever the handler answers (slices, single failures, the rest failed below) reaches
+  // the client with one wake-up.
+  const WakeupBatch one_wakeup(w_);
   try {
     handler(w_, b);
   } catch (const std::exception& e) {

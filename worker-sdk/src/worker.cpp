@@ -99,13 +99,14 @@ Worker::Worker(Arena arena, std::uint32_t slot, WorkerOptions opts)
   refresh_channels();
 }
 
-Worker::~Worker() = default;
+Worker::~Worker() { wake_clients(); }  // no client may sleep on a result pushed before we went
 
 void Worker::refresh_channels() noexcept {
   // SYNC[participant.channels] acquire: pairs with open_channel/close_channel's release.
   const std::uint32_t v = arena_.participant(slot_).channel_version.load(std::memory_order_acquire);
   if (v == seen_version_) return;
   seen_version_ = v;
+  wake_clients();  // the endpoints are rebuilt below: no held wake-up may be lost with them
   // Tell the broker which channels we let go of: after this store we never push to them.
   for (const auto& e : endpoints_) {
     Channel& ch = arena_.channel(e.channel);
@@ -211,7 +212,10 @@ TakeStatus Worker::take(std::vector<Tile>& out, std::size_t max, std::chrono::na
   if (max == 0) max = 1;
   const auto deadline = deadline_after(Clock::now(), timeout);
   for (;;) {
-    if (stop_requested()) return TakeStatus::stopped;
+    if (stop_requested()) {
+      wake_clients();
+      return TakeStatus::stopped;
+    }
     refresh_channels();
     heartbeat();
     const std::size_t n_ep = endpoints_.size();
@@ -220,7 +224,10 @@ TakeStatus Worker::take(std::vector<Tile>& out, std::size_t max, std::chrono::na
       const std::size_t room = std::min(max - out.size(), scratch_.size());
       const std::size_t got = endpoints_[ep].requests.try_pop_batch({scratch_.data(), room});
       if (got == 0) continue;
-      endpoints_[ep].requests.notify();  // a client waiting for room may go on
+      // No notify of the request ring's producer: the client never waits for room there
+      // (its window per worker is at most the ring's capacity, Client::Impl::pump), and its
+      // doorbell is the one it sleeps on for results, so a wake-up here would only wake it
+      // for nothing, once per take.
       for (std::size_t i = 0; i < got; ++i) {
         Tile t;
         if (admit(ep, scratch_[i], t)) out.push_back(std::move(t));
@@ -228,6 +235,7 @@ TakeStatus Worker::take(std::vector<Tile>& out, std::size_t max, std::chrono::na
     }
     if (n_ep != 0) rr_ = (rr_ + 1) % static_cast<std::uint32_t>(n_ep);
     if (!out.empty()) return TakeStatus::ok;
+    wake_clients();  // about to wait for requests: every client gets what is ready for it
     const auto ready = [this] {
       return stop_requested() || any_ready() ||
              // acquire: see the new channel table (SYNC[participant.channels]).
@@ -268,12 +276,35 @@ Errc Worker::answer(Tile& tile, TileDesc reply) noexcept {
     const RingStatus st = e->results.try_push(reply);
     if (st == RingStatus::ok) break;
     if (st != RingStatus::full) return Errc::closed;  // the client went away: the caller frees the block
+    e->results.notify();  // wake-ups may be held: the client must see the results it has to drain
     const auto room = [&] { return e->results.free_approx() > 0 || e->results.closed() || stop_requested(); };
     (void)doorbell_wait(e->results.producer_doorbell(), room, Clock::now() + std::chrono::milliseconds(100), opts_.wait);
     if (e->results.closed() || stop_requested()) return Errc::closed;
   }
-  e->results.notify();
+  e->wake_pending = true;
+  if (held_wakeups_ == 0) wake_if_due(*e);
   return Errc::ok;
+}
+
+void Worker::wake_if_due(Endpoint& e) noexcept {
+  // Racy observers on both rings: a misjudgement costs one early wake-up or delays one
+  // until the worker next waits (take() wakes everyone first), never a lost result.
+  if (!e.wake_pending || e.results.size_approx() < e.requests.size_approx()) return;
+  e.wake_pending = false;
+  e.results.notify();
+}
+
+void Worker::wake_clients() noexcept {
+  for (auto& e : endpoints_)
+    if (e.wake_pending) {
+      e.wake_pending = false;
+      e.results.notify();
+    }
+}
+
+void Worker::release_wakeups() noexcept {
+  if (held_wakeups_ > 0 && --held_wakeups_ == 0)
+    for (auto& e : endpoints_) wake_if_due(e);
 }
 
 Errc Worker::publish(Tile& tile, OutputBlock& out) noexcept {

@@ -30,6 +30,8 @@ class RingProducer {
   void notify() noexcept { doorbell_notify(*consumer_bell_); }
   // Free slots, as seen now (racy observer).
   std::uint64_t free_approx() const noexcept;
+  // Descriptors pushed and not yet popped, as seen now (racy observer).
+  std::uint64_t size_approx() const noexcept { return capacity_ - free_approx(); }
   bool closed() const noexcept;
   Doorbell& producer_doorbell() const noexcept { return *producer_bell_; }
   std::uint32_t index() const noexcept { return index_; }

@@ -116,6 +116,20 @@ class Worker {
   Errc fail(Tile& tile, TileStatus status, std::string_view message) noexcept;
   Errc cancel(Tile& tile) noexcept;
 
+  // Client wake-ups. Every answer is pushed to its result ring at once; a sleeping client
+  // is woken (one FUTEX_WAKE, which costs the waker tens of µs on some VMs) only when its
+  // refill is due: once the results waiting for it are at least the requests still queued
+  // for this worker (so it never waits for a result while the worker has its work ahead,
+  // and the worker never runs dry first), and always before the worker waits for requests,
+  // rebuilds its channels, or waits for room in a full result ring. A client with a deep
+  // window is thus woken about twice per window, a client with one tile in flight at once.
+  //
+  // Between hold_wakeups() and release_wakeups() even that check waits for the release
+  // (one check per batch instead of per tile). Nests; tile thread only, like the answers
+  // themselves. WakeupBatch is the scoped form.
+  void hold_wakeups() noexcept { ++held_wakeups_; }
+  void release_wakeups() noexcept;
+
   // Asks take() to return `stopped` (thread-safe, async-signal-safe).
   void request_stop() noexcept;
   bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }  // relaxed: a flag
@@ -132,6 +146,7 @@ class Worker {
     std::uint32_t generation = 0;
     RingConsumer requests;
     RingProducer results;
+    bool wake_pending = false;  // answers pushed since the client was last woken
   };
   Worker(Arena arena, std::uint32_t slot, WorkerOptions opts);
   void refresh_channels() noexcept;
@@ -139,6 +154,8 @@ class Worker {
   Errc answer(Tile& tile, TileDesc reply) noexcept;
   bool admit(std::uint32_t ep, const TileDesc& d, Tile& t) noexcept;
   Endpoint* endpoint(std::uint32_t channel, std::uint32_t gen) noexcept;
+  void wake_if_due(Endpoint& e) noexcept;
+  void wake_clients() noexcept;
 
   Arena arena_;
   std::uint32_t slot_;
@@ -148,6 +165,7 @@ class Worker {
   std::vector<Endpoint> endpoints_;
   std::uint32_t seen_version_ = ~0u;
   std::uint32_t rr_ = 0;
+  std::uint32_t held_wakeups_ = 0;
   std::atomic<bool> stop_{false};
   // Written by the tile thread only, read by the protocol thread: relaxed counters.
   struct Counters {
@@ -155,6 +173,18 @@ class Worker {
   } stats_;
   std::vector<TileDesc> scratch_;
   friend class Tile;
+};
+
+// Holds the worker's client wake-ups for one scope (see Worker::hold_wakeups).
+class WakeupBatch {
+ public:
+  explicit WakeupBatch(Worker& w) noexcept : w_(w) { w_.hold_wakeups(); }
+  ~WakeupBatch() { w_.release_wakeups(); }
+  WakeupBatch(const WakeupBatch&) = delete;
+  WakeupBatch& operator=(const WakeupBatch&) = delete;
+
+ private:
+  Worker& w_;
 };
 
 }  // namespace tessera

@@ -259,6 +259,7 @@ std::size_t publish_batch(const std::shared_ptr<PyWorker>& pw, const py::sequenc
   const std::size_t row = ts.empty() ? 0 : static_cast<std::size_t>(a.nbytes()) / ts.size();
   const auto* src = static_cast<const std::byte*>(a.data());
   Worker& w = *pw->w;
+  const WakeupBatch one_wakeup(w);  // the client is woken once for the whole batch
   std::size_t published = 0;
   for (std::size_t i = 0; i < ts.size(); ++i) {
     PyTile& t = *ts[i];
@@ -421,6 +422,18 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
            "Answers every still-pending tiles[i] with result[i] (array-like, length n): one output block and one "
            "copy per tile. A tile that gets no output block is failed, the rest are published. Returns the number "
            "published.")
+      .def(
+          "hold_wakeups", [](PyWorker& pw) {
+            if (pw.w == nullptr) throw py::value_error("tessera: the worker is closed");
+            pw.w->hold_wakeups();
+          },
+          "Until the matching release_wakeups(), answers are pushed at once but each client is woken once, at the "
+          "release (one wake-up per batch instead of per tile). Nests. Pair it with release_wakeups() in a finally.")
+      .def(
+          "release_wakeups", [](PyWorker& pw) {
+            if (pw.w != nullptr) pw.w->release_wakeups();
+          },
+          "Ends a hold_wakeups(); the outermost release wakes every client answered meanwhile.")
       .def(
           "request_stop", [](PyWorker& pw) {
             if (pw.rt) pw.rt->request_stop();

@@ -89,6 +89,13 @@ class Batcher:
         self.batches += 1
         self.tiles_run += n
         self.largest = max(self.largest, n)
+        self._w.hold_wakeups()  # every answer of this batch reaches the client with one wake-up
+        try:
+            self._run_batch(handler, tiles, n)
+        finally:
+            self._w.release_wakeups()
+
+    def _run_batch(self, handler: BatchHandler, tiles: List[Any], n: int) -> None:
         try:
             batch = None
             if self.assemble:

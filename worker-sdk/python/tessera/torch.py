@@ -215,8 +215,15 @@ def publish(tiles: List[Any], tensor: torch.Tensor) -> int:
     if cuda:
         torch.cuda.synchronize(tensor.device)  # results are in the blocks; inputs are no longer read
     n = 0
-    for t, out in zip(tiles, outs):
-        if out is not None and t.pending:
-            t.publish(out)
-            n += 1
+    native = _native(tiles[0]) if tiles else None
+    if native is not None:
+        native.hold_wakeups()  # the client is woken once for the whole batch
+    try:
+        for t, out in zip(tiles, outs):
+            if out is not None and t.pending:
+                t.publish(out)
+                n += 1
+    finally:
+        if native is not None:
+            native.release_wakeups()
     return n
