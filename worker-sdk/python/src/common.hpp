@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
 #include <chrono>
 #include <stdexcept>
 #include <string>
@@ -91,17 +92,26 @@ inline py::tuple shape_tuple(const Shape& s) {
   return t;
 }
 
+// The NumPy dtype of `t`, built once per DType and then shared: Tile.dtype and the
+// zero-copy views run once per tile, and parsing the name each time showed in profiles.
+// GIL held (every caller is a binding). The references are kept for the process's life.
+inline py::dtype np_dtype(DType t) {
+  static std::array<PyObject*, 256> cache{};
+  PyObject*& slot = cache[static_cast<std::uint8_t>(t)];
+  if (slot == nullptr) slot = py::dtype(std::string(dtype_name(t))).release().ptr();
+  return py::reinterpret_borrow<py::dtype>(slot);
+}
+
 // A NumPy array over `v` (no copy). `base` keeps the memory mapped while the array lives.
 inline py::array view_array(const TensorView& v, py::handle base, bool writable) {
   if (!v.valid()) throw py::value_error("tessera: invalid tensor view");
-  const std::string name(dtype_name(v.dtype()));
   std::vector<py::ssize_t> shape(v.shape().ndim), strides(v.shape().ndim);
   const auto st = v.strides();
   for (std::uint8_t i = 0; i < v.shape().ndim; ++i) {
     shape[i] = static_cast<py::ssize_t>(v.shape().dims[i]);
     strides[i] = static_cast<py::ssize_t>(st[i]);
   }
-  py::array a(py::dtype(name), shape, strides, v.data(), base);
+  py::array a(np_dtype(v.dtype()), shape, strides, v.data(), base);
   if (!writable) py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return a;
 }

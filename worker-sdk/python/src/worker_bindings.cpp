@@ -292,7 +292,7 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
       .def_property_readonly("pending", [](const PyTile& t) { return t.tile.pending(); }, "True until the tile is answered.")
       .def_property_readonly("cancel_requested", [](const PyTile& t) { return t.tile.cancel_requested(); },
                              "True once the client superseded this tile (check it in long handlers, then call cancel()).")
-      .def_property_readonly("dtype", [](const PyTile& t) { return py::dtype(std::string(dtype_name(t.tile.input().dtype()))); })
+      .def_property_readonly("dtype", [](const PyTile& t) { return np_dtype(t.tile.input().dtype()); })
       .def_property_readonly("shape", [](const PyTile& t) { return shape_tuple(t.tile.input().shape()); })
       .def_property_readonly("input_address", [](const PyTile& t) { return reinterpret_cast<std::uintptr_t>(t.tile.input().data()); },
                              "Address of the input block in this process (equals input.__array_interface__['data'][0]).")

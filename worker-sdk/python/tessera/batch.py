@@ -45,8 +45,9 @@ def batch_handler(fn: Optional[BatchHandler] = None, *, assemble: bool = True):
     return mark(fn) if fn is not None else mark
 
 
-def _key(tile) -> Tuple[str, Tuple[int, ...]]:
-    return tile.dtype.str, tuple(tile.shape)
+def _key(tile) -> Tuple[np.dtype, Tuple[int, ...]]:
+    # One dtype object per kind (native, shared) and a tuple: hashing both is cheap.
+    return tile.dtype, tile.shape
 
 
 class Batcher:
@@ -62,8 +63,8 @@ class Batcher:
         self.max_wait = max(0.0, float(max_wait))
         self.timeout = float(timeout)
         self.assemble = assemble
-        self._groups: Dict[Tuple[str, Tuple[int, ...]], Tuple[float, List[Any]]] = {}
-        self._buffers: "OrderedDict[Tuple[str, Tuple[int, ...]], np.ndarray]" = OrderedDict()
+        self._groups: Dict[Tuple[np.dtype, Tuple[int, ...]], Tuple[float, List[Any]]] = {}
+        self._buffers: "OrderedDict[Tuple[np.dtype, Tuple[int, ...]], np.ndarray]" = OrderedDict()
         self.batches = 0          # handler calls so far
         self.tiles_run = 0        # tiles handed to the handler so far
         self.largest = 0          # largest batch so far

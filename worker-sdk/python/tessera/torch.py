@@ -124,6 +124,17 @@ def _unpin(ptr: int) -> None:
         log.warning("tessera.torch: cannot unregister the arena: %s", e)
 
 
+#: NumPy dtype -> torch dtype, filled on first use of each (to_device runs once per batch).
+_torch_dtypes: Dict[np.dtype, torch.dtype] = {}
+
+
+def _torch_dtype(np_dtype: np.dtype) -> torch.dtype:
+    t = _torch_dtypes.get(np_dtype)
+    if t is None:
+        t = _torch_dtypes[np_dtype] = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+    return t
+
+
 def _is_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
@@ -154,7 +165,7 @@ def to_device(tiles: List[Any], device: Union[str, torch.device] = "cpu", dtype:
     cuda = _is_cuda(device)
     if cuda:
         pin_arena(first)
-    src_dtype = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
+    src_dtype = _torch_dtype(first.dtype)
     convert = dtype is not None and dtype != src_dtype
     key = (str(device), src_dtype, len(tiles), shape)
     raw = _staging.get(key) if convert else None
