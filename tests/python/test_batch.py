@@ -191,6 +191,38 @@ class InProcessBatcherTest(unittest.TestCase):
         for i, r in enumerate(got):
             np.testing.assert_array_equal(r.output, rgb(i, 8, 8).reshape(-1)[:4])
 
+    def test_an_interrupt_in_the_handler_fails_its_batch_and_is_raised_from_step(self):
+        s = self.client.open_stream(ordered=True)
+        for i in range(8):
+            submit_rgb(self.client, s, rgb(i, 8, 8), x=i)
+        calls = []
+
+        def handler(batch, tiles):
+            calls.append(len(tiles))
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return batch.reshape(len(tiles), -1)[:, :4]
+
+        b = tessera.Batcher(self.worker._w, max_batch=4, max_wait=30.0, timeout=0.05)
+        with self.assertRaises(KeyboardInterrupt):
+            end = time.monotonic() + 10
+            while b.tiles_run < 8 and time.monotonic() < end:
+                b.step(handler)
+        self.assertEqual(calls, [4], "the handler ran again after it raised KeyboardInterrupt in the same step")
+        end = time.monotonic() + 10
+        while b.tiles_run < 8 and time.monotonic() < end:  # the loop goes on afterwards
+            b.step(handler)
+        self.assertEqual(b.tiles_run, 8)
+        got = collect(self.client, 8)
+        self.assertEqual(len(got), 8)
+        failed = [r for r in got if r.outcome == "failed"]
+        self.assertEqual(len(failed), 4)
+        for r in failed:
+            self.assertIn("KeyboardInterrupt", r.error)
+        for r in got:
+            if r.outcome == "completed":
+                np.testing.assert_array_equal(r.output, rgb(r.x, 8, 8).reshape(-1)[:4])
+
     def take(self, n):
         tiles, end = [], time.monotonic() + 10
         while len(tiles) < n and time.monotonic() < end:

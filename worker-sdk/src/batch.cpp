@@ -90,6 +90,9 @@ void Batcher::run(Group& g, std::size_t n, const BatchHandler& handler) {
   for (std::size_t i = 0; i < n; ++i) running_.push_back(std::move(g.tiles[i]));
   g.tiles.erase(g.tiles.begin(), g.tiles.begin() + static_cast<std::ptrdiff_t>(n));
   if (!g.tiles.empty()) g.first = Clock::now();
+  ++batches_;
+  tiles_run_ += n;
+  largest_ = std::max(largest_, n);
 
   Batch b;
   b.worker_ = &w_;

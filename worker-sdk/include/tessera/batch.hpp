@@ -81,6 +81,10 @@ class Batcher {
   void flush(const BatchHandler& handler);
   // Tiles taken and not yet handed to the handler.
   std::size_t held() const noexcept;
+  // Handler calls so far, tiles handed to them, and the largest batch.
+  std::uint64_t batches() const noexcept { return batches_; }
+  std::uint64_t tiles_run() const noexcept { return tiles_run_; }
+  std::size_t largest() const noexcept { return largest_; }
 
  private:
   struct Group {
@@ -98,6 +102,8 @@ class Batcher {
   std::vector<Tile> taken_;
   std::vector<Tile> running_;
   std::vector<std::byte> buffer_;
+  std::uint64_t batches_ = 0, tiles_run_ = 0;
+  std::size_t largest_ = 0;
 };
 
 struct BatchServeOptions {

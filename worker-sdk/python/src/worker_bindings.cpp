@@ -18,6 +18,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <tessera/batch.hpp>
 #include <tessera/runtime.hpp>
 #include <tessera/worker.hpp>
 
@@ -277,6 +278,118 @@ std::size_t publish_batch(const std::shared_ptr<PyWorker>& pw, const py::sequenc
   return published;
 }
 
+// The batch loop for Python handlers: tessera::Batcher (the one grouping loop, shared
+// with C++ serve_batched) takes and groups tiles without the GIL; each due batch is
+// handed to `handler(batch, tiles)` with it. See tessera/batch.py for the contract.
+class PyBatcher {
+ public:
+  PyBatcher(std::shared_ptr<PyWorker> pw, BatchOptions o) : pw_(std::move(pw)), b_(worker(pw_), o) {}
+
+  bool step(const py::object& handler) {
+    bool more = false;
+    {
+      py::gil_scoped_release nogil;  // the take waits without the GIL; a batch retakes it
+      more = b_.step(call(handler));
+    }
+    rethrow();
+    return more;
+  }
+  void flush(const py::object& handler) {
+    {
+      py::gil_scoped_release nogil;
+      b_.flush(call(handler));
+    }
+    rethrow();
+  }
+  const Batcher& batcher() const noexcept { return b_; }
+
+ private:
+  static Worker& worker(const std::shared_ptr<PyWorker>& pw) {
+    if (pw->w == nullptr) throw py::value_error("tessera: the worker is closed");
+    return *pw->w;
+  }
+
+  // Runs inside Batcher::run, on the thread that called step(); lets no exception out.
+  // After a KeyboardInterrupt or SystemExit from the handler, the batches still due in
+  // this step fail without calling Python, and step() raises it.
+  BatchHandler call(const py::object& handler) {
+    return [this, &handler](Worker& w, Batch& b) {
+      if (interrupted_) {
+        for (Tile& t : b.tiles()) (void)w.fail(t, TileStatus::HandlerError, "the batch loop was interrupted");
+        return;
+      }
+      py::gil_scoped_acquire gil;
+      try {
+        run(handler, b);
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("tessera batch loop");  // this module's own failure; the tiles are failed below
+      } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+        PyErr_WriteUnraisable(nullptr);
+      }
+    };
+  }
+
+  void run(const py::object& handler, Batch& b) {
+    const std::size_t n = b.size();
+    py::list tiles(n);
+    for (std::size_t i = 0; i < n; ++i) tiles[i] = py::cast(std::make_unique<PyTile>(pw_, std::move(b[i])));
+    const auto fail_pending = [&](const std::string& why) {
+      for (std::size_t i = 0; i < n; ++i) {
+        PyTile& t = tiles[i].cast<PyTile&>();
+        if (t.tile.pending()) (void)t.worker().fail(t.tile, TileStatus::HandlerError, why);
+      }
+    };
+    py::object batch = py::none();
+    if (b.data() != nullptr) {
+      std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(n)};
+      for (std::uint8_t d = 0; d < b.tile_shape().ndim; ++d) shape.push_back(static_cast<py::ssize_t>(b.tile_shape().dims[d]));
+      // Over the batcher's reused buffer: valid during the call only (documented).
+      batch = py::array(np_dtype(b.dtype()), shape, b.data(), py::none());
+    }
+    py::object out;
+    try {
+      out = handler(batch, tiles);
+    } catch (py::error_already_set& e) {
+      // Every still-pending tile of this batch fails with the handler's traceback.
+      fail_pending(traceback(e));
+      if (!e.matches(PyExc_Exception)) {  // KeyboardInterrupt, SystemExit: for step() to raise
+        e.restore();
+        interrupted_ = true;
+      }
+      return;
+    }
+    if (out.is_none()) {
+      fail_pending("batch handler returned None without answering the tile");
+      return;
+    }
+    try {
+      (void)publish_batch(pw_, tiles, out);
+    } catch (py::error_already_set& e) {
+      fail_pending(traceback(e));
+    } catch (const std::exception& e) {
+      fail_pending(std::string("batch handler result: ") + e.what());
+    }
+    fail_pending("batch handler returned without answering the tile");
+  }
+
+  static std::string traceback(py::error_already_set& e) {
+    py::object lines = py::module_::import("traceback").attr("format_exception")(e.type(), e.value(), e.trace());
+    return py::str("").attr("join")(lines).cast<std::string>();
+  }
+
+  void rethrow() {
+    if (interrupted_) {
+      interrupted_ = false;
+      throw py::error_already_set();  // the handler's KeyboardInterrupt or SystemExit, restored above
+    }
+  }
+
+  std::shared_ptr<PyWorker> pw_;
+  Batcher b_;
+  bool interrupted_ = false;
+};
+
 }  // namespace
 
 void bind_worker(py::module_& m) {
@@ -342,6 +455,14 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
                " op=" + std::to_string(t.tile.op()) + " " + std::string(dtype_name(t.tile.input().dtype())) +
                t.tile.input().shape().str() + (t.tile.pending() ? "" : " answered") + ">";
       });
+
+  py::class_<PyBatcher>(m, "NativeBatcher", "tessera::Batcher driving a Python batch handler (see tessera.Batcher).")
+      .def("step", &PyBatcher::step, py::arg("handler"))
+      .def("flush", &PyBatcher::flush, py::arg("handler"))
+      .def_property_readonly("held", [](const PyBatcher& b) { return b.batcher().held(); })
+      .def_property_readonly("batches", [](const PyBatcher& b) { return b.batcher().batches(); })
+      .def_property_readonly("tiles_run", [](const PyBatcher& b) { return b.batcher().tiles_run(); })
+      .def_property_readonly("largest", [](const PyBatcher& b) { return b.batcher().largest(); });
 
   py::class_<PyWorker, std::shared_ptr<PyWorker>>(m, "Worker", "A Tessera worker attached to the broker's arena.")
       .def_static(
@@ -422,6 +543,18 @@ publish(), fail() or cancel(); a tile dropped unanswered is failed by the SDK.)d
            "Answers every still-pending tiles[i] with result[i] (array-like, length n): one output block and one "
            "copy per tile. A tile that gets no output block is failed, the rest are published. Returns the number "
            "published.")
+      .def(
+          "batcher",
+          [](const std::shared_ptr<PyWorker>& pw, std::size_t max_batch, double max_wait, double timeout, bool assemble) {
+            BatchOptions o;
+            o.max_batch = std::max<std::size_t>(1, max_batch);
+            o.max_wait = std::chrono::duration_cast<std::chrono::microseconds>(seconds(max_wait));
+            o.take_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(seconds(timeout));
+            o.assemble = assemble;
+            return std::make_unique<PyBatcher>(pw, o);
+          },
+          py::arg("max_batch") = 32, py::arg("max_wait") = 0.002, py::arg("timeout") = 0.1, py::arg("assemble") = true,
+          "The native batch loop over this worker (tessera.Batcher wraps it).")
       .def(
           "hold_wakeups", [](PyWorker& pw) {
             if (pw.w == nullptr) throw py::value_error("tessera: the worker is closed");
