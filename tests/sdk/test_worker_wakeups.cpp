@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <tessera/client.hpp>
@@ -27,7 +28,9 @@ namespace {
 
 class WakeRig {
  public:
-  explicit WakeRig(std::uint32_t window) {
+  // max_wake_delay: long by default, so that only the count rule decides (a slow machine
+  // must not turn a test of that rule into a test of the clock).
+  explicit WakeRig(std::uint32_t window, std::chrono::microseconds max_wake_delay = std::chrono::minutes(10)) {
     auto o = tessera::test::small_client_options();
     o.worker_window = window;
     client_ = tessera::Client::embedded(std::move(o)).value();
@@ -36,7 +39,7 @@ class WakeRig {
     const int fd = ::fcntl(ew.arena_fd, F_DUPFD_CLOEXEC, 3);
     ::setenv("TESSERA_ARENA_FD", std::to_string(fd).c_str(), 1);
     ::setenv("TESSERA_SLOT", std::to_string(ew.slot).c_str(), 1);
-    auto w = tessera::Worker::from_env({.wait = {.spin_ns = 1000}});
+    auto w = tessera::Worker::from_env({.wait = {.spin_ns = 1000}, .max_wake_delay = max_wake_delay});
     ::unsetenv("TESSERA_ARENA_FD");
     ::unsetenv("TESSERA_SLOT");
     worker_ = std::move(w).value();
@@ -194,4 +197,21 @@ TEST(Wakeups, AWorkerAboutToWaitForRequestsWakesItsClientFirst) {
   for (std::size_t i = 1; i < ts.size(); ++i) rig.publish(ts[i]);
   for (auto& t : more) rig.publish(t);
   EXPECT_EQ(rig.drain(), 15);
+}
+
+TEST(Wakeups, AResultIsNotHeldBackLongerThanTheMaxWakeDelay) {
+  WakeRig rig(32, std::chrono::milliseconds(5));
+  rig.submit(16);
+  auto ts = rig.take(4);
+  ASSERT_EQ(ts.size(), 4u);
+  rig.publish(ts[0]);  // 1 result waits, 12 requests are queued: not due by count
+  EXPECT_EQ(rig.new_wakeups(), 0u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(6));
+  rig.publish(ts[1]);  // still not due by count, but the first result has waited 6 ms
+  EXPECT_EQ(rig.new_wakeups(), 1u) << "a result waited past max_wake_delay while its client slept";
+  EXPECT_EQ(rig.drain(), 2);
+  for (std::size_t i = 2; i < ts.size(); ++i) rig.publish(ts[i]);
+  auto more = rig.take(16);
+  for (auto& t : more) rig.publish(t);
+  EXPECT_EQ(rig.drain(), 14);
 }

@@ -281,15 +281,19 @@ Errc Worker::answer(Tile& tile, TileDesc reply) noexcept {
     (void)doorbell_wait(e->results.producer_doorbell(), room, Clock::now() + std::chrono::milliseconds(100), opts_.wait);
     if (e->results.closed() || stop_requested()) return Errc::closed;
   }
-  e->wake_pending = true;
+  if (!e->wake_pending) {
+    e->wake_pending = true;
+    e->pending_since = Clock::now();
+  }
   if (held_wakeups_ == 0) wake_if_due(*e);
   return Errc::ok;
 }
 
 void Worker::wake_if_due(Endpoint& e) noexcept {
+  if (!e.wake_pending) return;
   // Racy observers on both rings: a misjudgement costs one early wake-up or delays one
   // until the worker next waits (take() wakes everyone first), never a lost result.
-  if (!e.wake_pending || e.results.size_approx() < e.requests.size_approx()) return;
+  if (e.results.size_approx() < e.requests.size_approx() && Clock::now() - e.pending_since < opts_.max_wake_delay) return;
   e.wake_pending = false;
   e.results.notify();
 }

@@ -88,6 +88,10 @@ struct WorkerOptions {
   // When the arena has no block for an output, retry this long (clients free blocks as
   // they consume results) before failing the tile with NoSpace.
   std::chrono::milliseconds alloc_wait{2000};
+  // The longest a sleeping client's wake-up may be put off while its refill is not yet
+  // due (see Worker::hold_wakeups): what coalescing may add to a result's latency. The
+  // batch loop's default max_wait is the same 2 ms.
+  std::chrono::microseconds max_wake_delay{2000};
 };
 
 struct WorkerStats {
@@ -119,10 +123,11 @@ class Worker {
   // Client wake-ups. Every answer is pushed to its result ring at once; a sleeping client
   // is woken (one FUTEX_WAKE, which costs the waker tens of µs on some VMs) only when its
   // refill is due: once the results waiting for it are at least the requests still queued
-  // for this worker (so it never waits for a result while the worker has its work ahead,
-  // and the worker never runs dry first), and always before the worker waits for requests,
-  // rebuilds its channels, or waits for room in a full result ring. A client with a deep
-  // window is thus woken about twice per window, a client with one tile in flight at once.
+  // for this worker (so the worker never runs dry first), or once the oldest of those
+  // results has waited opts.max_wake_delay, and always before the worker waits for
+  // requests, rebuilds its channels, or waits for room in a full result ring. A client
+  // with one tile in flight is woken at once; one with a deep window of fast tiles about
+  // once per max_wake_delay.
   //
   // Between hold_wakeups() and release_wakeups() even that check waits for the release
   // (one check per batch instead of per tile). Nests; tile thread only, like the answers
@@ -146,7 +151,8 @@ class Worker {
     std::uint32_t generation = 0;
     RingConsumer requests;
     RingProducer results;
-    bool wake_pending = false;  // answers pushed since the client was last woken
+    bool wake_pending = false;      // answers pushed since the client was last woken
+    Clock::time_point pending_since{};  // when the first of them was pushed
   };
   Worker(Arena arena, std::uint32_t slot, WorkerOptions opts);
   void refresh_channels() noexcept;
